@@ -1,0 +1,111 @@
+"""Coordinator: HTTP ingress, router and (later) DAG executor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+
+from deployments.ray_calls import await_response, replica_identity
+from serve_app import tracing
+from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.dispatch import Dispatcher, ReadinessBoard
+from serve_app.http_api import build_http_app
+from serve_app.loops import PeriodicTask
+from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
+
+logger = logging.getLogger("serveflow.coordinator")
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=256,
+    health_check_period_s=2,
+    health_check_timeout_s=10,
+)
+@serve.ingress()
+class Coordinator:
+    """Answers clients; routes each task to its pool once the pool is ready."""
+
+    async def __init__(
+        self,
+        config: dict[str, Any],
+        manager: DeploymentHandle,
+        pools: dict[str, DeploymentHandle],
+        trace_exporter: str = "none",
+    ) -> None:
+        tracing.configure(trace_exporter)
+        self._config = AppConfig.from_args(config)
+        self._manager = manager
+        self._pools = dict(pools)
+        self._since = time.time()
+        self._identity = replica_identity()
+        self._readiness = ReadinessBoard()
+        self._dispatcher = Dispatcher(self._config, self._readiness, self._call_pool)
+        poll = self._config.readiness_poll_s
+        self._refresh = PeriodicTask("readiness-refresh", self._refresh_readiness, poll, stall_after_s=max(30.0, 20 * poll))
+        # Never block construction on the manager: until it reports, requests get 503 not_ready.
+        self._refresh.start()
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return build_http_app(
+            self._dispatcher, self._readiness, self.get_status, max_body_bytes=self._config.max_body_bytes
+        )
+
+    async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
+        response = self._pools[pool].run.remote(item.model_dump(mode="json"))
+        raw = await await_response(response, target=pool_deployment_name(pool))
+        return TaskResult.model_validate(raw)
+
+    async def _refresh_readiness(self) -> None:
+        try:
+            report = await asyncio.wait_for(
+                await_response(self._manager.readiness.remote(), target="OrganismManager"),
+                self._config.probe_timeout_s,
+            )
+        except Exception as exc:
+            self._readiness.update_failed(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            raise
+        self._readiness.update(report)
+
+    async def get_status(self) -> dict[str, Any]:
+        """Own status plus the OrganismManager's roll-up (or why it cannot be had)."""
+        problem = self._refresh.problem()
+        own = ComponentStatus(
+            name="Coordinator",
+            status=HealthState.UNHEALTHY if problem else HealthState.HEALTHY,
+            error=problem or self._readiness.last_error,
+            since=self._since,
+            details={**self._identity, "readiness": self._readiness.snapshot()},
+        )
+        try:
+            rolled = await asyncio.wait_for(
+                await_response(self._manager.get_status.remote(), target="OrganismManager"),
+                self._config.probe_timeout_s,
+            )
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            rolled = {
+                "status": HealthState.UNHEALTHY.value,
+                "pools": {},
+                "components": {
+                    "OrganismManager": ComponentStatus(
+                        name="OrganismManager", status=HealthState.UNHEALTHY, error=f"status unavailable: {reason}"
+                    ).model_dump(mode="json")
+                },
+                "deployments": {},
+            }
+        rolled["components"]["Coordinator"] = own.model_dump(mode="json")
+        if own.status is not HealthState.HEALTHY and rolled["status"] == HealthState.HEALTHY.value:
+            rolled["status"] = HealthState.DEGRADED.value
+        return rolled
+
+    async def check_health(self) -> None:
+        problem = self._refresh.problem()
+        if problem:
+            raise RuntimeError(problem)

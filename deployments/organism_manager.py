@@ -1,0 +1,114 @@
+"""OrganismManager: registry of handler pools, readiness and health roll-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.ray_calls import await_response, serve_deployment_states
+from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.health import ComponentTracker, rollup
+from serve_app.loops import PeriodicTask
+from serve_app.models import ComponentStatus, HealthState
+
+logger = logging.getLogger("serveflow.manager")
+
+METRICS = "MetricsCollector"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05}, health_check_period_s=5, health_check_timeout_s=10)
+class OrganismManager:
+    """Probes every pool and the MetricsCollector; answers readiness and status from that."""
+
+    async def __init__(self, config: dict[str, Any], pools: dict[str, DeploymentHandle], metrics: DeploymentHandle) -> None:
+        self._config = AppConfig.from_args(config)
+        self._pools = dict(pools)
+        self._metrics = metrics
+        self._trackers = {name: ComponentTracker(name) for name in self._pools}
+        self._trackers[METRICS] = ComponentTracker(METRICS)
+        self._serve_states: dict[str, dict[str, Any]] = {}
+        self._serve_error: str | None = None
+        self._started = time.time()
+        interval = self._config.probe_interval_s
+        self._probe_loop = PeriodicTask("pool-probe", self._probe_all, interval, stall_after_s=max(30.0, 10 * interval))
+        self._serve_loop = PeriodicTask("serve-status", self._read_serve_status, max(2.0, interval), stall_after_s=60.0)
+        # Do not wait for pools here: they may still be starting; readiness says so.
+        self._probe_loop.start()
+        self._serve_loop.start()
+
+    async def _probe(self, name: str, handle: DeploymentHandle) -> None:
+        tracker = self._trackers[name]
+        try:
+            report = await asyncio.wait_for(
+                await_response(handle.get_status.remote(), target=name), self._config.probe_timeout_s
+            )
+        except asyncio.TimeoutError:
+            tracker.observe_failure(f"no status answer within {self._config.probe_timeout_s:g}s")
+        except Exception as exc:
+            tracker.observe_failure(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+        else:
+            tracker.observe_report(report)
+
+    async def _probe_all(self) -> None:
+        probes = [self._probe(name, h) for name, h in self._pools.items()]
+        probes.append(self._probe(METRICS, self._metrics))
+        await asyncio.gather(*probes)
+
+    async def _read_serve_status(self) -> None:
+        try:
+            states = await asyncio.to_thread(serve_deployment_states)
+        except Exception as exc:
+            self._serve_error = f"serve.status() failed: {type(exc).__name__}: {exc}"
+            raise
+        self._serve_error = None
+        self._serve_states = states
+        for name, tracker in self._trackers.items():
+            dep = pool_deployment_name(name) if name in self._pools else name
+            if dep in states:
+                s = states[dep]
+                tracker.observe_serve(s["status"], s["message"], s["replica_states"])
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Per pool: ready flag, state and error (what the Coordinator routes by)."""
+        out = {}
+        for name in self._pools:
+            snap = self._trackers[name].snapshot()
+            out[name] = {"ready": self._trackers[name].ready, "status": snap.status.value, "error": snap.error}
+        return out
+
+    async def get_metrics(self) -> dict[str, Any]:
+        return await await_response(self._metrics.get_metrics.remote(), target=METRICS)
+
+    async def get_status(self) -> dict[str, Any]:
+        pools = {name: self._trackers[name].snapshot() for name in self._pools}
+        metrics = self._trackers[METRICS].snapshot()
+        own_problem = self._probe_loop.problem() or self._serve_loop.problem()
+        own = ComponentStatus(
+            name="OrganismManager",
+            status=HealthState.UNHEALTHY if own_problem else HealthState.HEALTHY,
+            error=own_problem or self._serve_error,
+            since=self._started,
+        )
+        overall = rollup([*pools.values(), metrics, own])
+        return {
+            "status": overall.value,
+            "pools": {
+                name: {**snap.model_dump(mode="json"), "deployment": pool_deployment_name(name)}
+                for name, snap in pools.items()
+            },
+            "components": {
+                "OrganismManager": own.model_dump(mode="json"),
+                METRICS: metrics.model_dump(mode="json"),
+            },
+            "deployments": self._serve_states,
+        }
+
+    async def check_health(self) -> None:
+        problem = self._probe_loop.problem() or self._serve_loop.problem()
+        if problem:
+            raise RuntimeError(problem)

@@ -1,0 +1,94 @@
+"""All Ray/Serve API calls made by the deployments live here.
+
+Keeping them in one module keeps the deployments thin and gives one place
+where Ray's exceptions become ServeflowErrors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentResponse
+
+from serve_app.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
+
+logger = logging.getLogger("serveflow.ray_calls")
+
+
+def downstream_error(exc: BaseException, *, target: str) -> ServeflowError:
+    """Map an exception from a deployment-handle call to a ServeflowError."""
+    if isinstance(exc, ServeflowError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded(f"{target} is overloaded; retry later", details={"target": target}, retry_after_s=1.0)
+    if isinstance(exc, DeploymentUnavailableError):
+        return Unavailable(f"{target} is unavailable", details={"target": target})
+    if isinstance(exc, (ActorDiedError, RayActorError, ActorUnavailableError)):
+        return Unavailable(f"the {target} replica handling this request died", details={"target": target})
+    if isinstance(exc, (RequestCancelledError, TaskCancelledError)):
+        return Cancelled(f"request to {target} was cancelled", details={"target": target})
+    logger.error("unexpected error calling %s", target, exc_info=exc)
+    return Internal(f"unexpected error calling {target}", details={"target": target})
+
+
+async def await_response(response: DeploymentResponse, *, target: str) -> Any:
+    """Await a handle call; cancelling the caller cancels the downstream request."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+    except Exception as exc:
+        raise downstream_error(exc, target=target) from exc
+
+
+def replica_identity() -> dict[str, str]:
+    """Who is answering: app, deployment and replica id of this replica."""
+    ctx = serve.get_replica_context()
+    return {
+        "app": ctx.app_name,
+        "deployment": ctx.deployment,
+        "replica_id": ctx.replica_id.unique_id,
+    }
+
+
+def serve_deployment_states() -> dict[str, dict[str, Any]]:
+    """Serve's view of every deployment of this replica's app (blocking; run in a thread)."""
+    app_name = serve.get_replica_context().app_name
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {
+        name: {
+            "status": str(getattr(d.status, "value", d.status)),
+            "message": d.message or "",
+            "replica_states": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+        }
+        for name, d in app.deployments.items()
+    }
+
+
+def cluster_resources() -> tuple[dict[str, float], dict[str, float], list[dict[str, Any]]]:
+    """Totals, availability and nodes from Ray (blocking; run in a thread).
+
+    Verifies Ray is connected before asking, so this raises a clear error
+    instead of Ray's "Ray has not been started yet".
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("this process is not connected to Ray")
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(timeout=5, raise_on_missing_output=False)
+    return ray.cluster_resources(), ray.available_resources(), [_node_dict(n) for n in nodes]
+
+
+def _node_dict(node: Any) -> dict[str, Any]:
+    if isinstance(node, dict):
+        return node
+    return {k: getattr(node, k, None) for k in ("node_id", "state", "node_ip", "is_head_node", "resources_total")}

@@ -1,0 +1,1 @@
+"""Application graphs: wiring only (``build_app(args) -> Application``)."""

@@ -1,0 +1,38 @@
+"""The serveflow graph: Coordinator -> OrganismManager -> pools + MetricsCollector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.coordinator import Coordinator
+from deployments.handler_worker import HandlerWorker
+from deployments.metrics import MetricsCollector
+from deployments.organism_manager import OrganismManager
+from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.settings import Settings
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the application from ``serve_config.yaml``'s ``args``.
+
+    The config is validated here, so a bad one fails the deploy with a message
+    naming the field (visible in ``serve status``).
+    """
+    config = AppConfig.from_args(args)
+    exporter = Settings.from_env().trace_exporter
+    raw = config.model_dump(mode="json")
+    pools = {
+        name: HandlerWorker.options(
+            name=pool_deployment_name(name),
+            num_replicas=pool.num_replicas,
+            max_ongoing_requests=pool.max_ongoing_requests,
+            max_queued_requests=pool.max_queued_requests,
+            ray_actor_options={"num_cpus": pool.num_cpus},
+        ).bind(name, pool.model_dump(mode="json"), exporter)
+        for name, pool in config.pools.items()
+    }
+    metrics = MetricsCollector.options(ray_actor_options={"num_cpus": config.metrics_cpus}).bind(config.metrics_refresh_s)
+    manager = OrganismManager.options(ray_actor_options={"num_cpus": config.manager_cpus}).bind(raw, pools, metrics)
+    return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(raw, manager, pools, exporter)

@@ -1,0 +1,83 @@
+"""Application configuration: the ``args`` block of ``serve_config.yaml``.
+
+Validated once when the graph is built, so a bad config fails the deploy with
+a message naming the field, instead of failing later inside a replica.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.models import NAME_PATTERN
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolConfig(_Strict):
+    """One HandlerWorker pool: which modules it loads and which task types it serves."""
+
+    handler_modules: list[str] = Field(min_length=1, description="Importable modules that define @handler functions.")
+    task_types: list[str] = Field(min_length=1, description="Task types routed to this pool.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form settings handed to the modules' @startup hooks."
+    )
+    default_timeout_s: float = Field(30.0, gt=0, le=3600, description="Handler deadline when the request sets none.")
+    max_stuck_calls: int = Field(
+        2,
+        ge=1,
+        description="Sync handler calls still running past their deadline before the replica reports unhealthy "
+        "(threads cannot be killed; Serve replaces the replica to reclaim them).",
+    )
+    max_concurrency: int = Field(16, ge=1, le=1024, description="Threads for sync handlers per replica.")
+    num_replicas: int = Field(1, ge=1, description="Replicas for this pool (serve_config 'deployments' can override).")
+    num_cpus: float = Field(0.1, ge=0, description="Logical CPUs per replica.")
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
+
+
+class AppConfig(_Strict):
+    """Top-level application arguments."""
+
+    pools: dict[str, PoolConfig] = Field(min_length=1)
+    max_timeout_s: float = Field(300.0, gt=0, le=3600, description="Upper bound for any task deadline.")
+    timeout_grace_s: float = Field(2.0, ge=0, description="Extra time the Coordinator waits beyond a handler deadline.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
+    readiness_poll_s: float = Field(0.5, gt=0, description="How often the Coordinator refreshes pool readiness.")
+    probe_interval_s: float = Field(1.0, gt=0, description="How often the OrganismManager probes pools.")
+    probe_timeout_s: float = Field(2.0, gt=0, description="Deadline for one pool probe.")
+    metrics_refresh_s: float = Field(5.0, gt=0, description="How often the MetricsCollector samples resources.")
+    coordinator_cpus: float = Field(0.1, ge=0)
+    manager_cpus: float = Field(0.05, ge=0)
+    metrics_cpus: float = Field(0.05, ge=0)
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> AppConfig:
+        seen: dict[str, str] = {}
+        for pool, cfg in self.pools.items():
+            if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", pool):
+                raise ValueError(f"pool name {pool!r} must be letters, digits and '_', starting with a letter")
+            for task_type in cfg.task_types:
+                if not re.match(NAME_PATTERN, task_type):
+                    raise ValueError(f"pool {pool!r}: task type {task_type!r} is not a valid name")
+                if task_type in seen:
+                    raise ValueError(f"task type {task_type!r} is routed to both pool {seen[task_type]!r} and {pool!r}")
+                seen[task_type] = pool
+        return self
+
+    def routes(self) -> dict[str, str]:
+        """task type -> pool name."""
+        return {t: pool for pool, cfg in self.pools.items() for t in cfg.task_types}
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> AppConfig:
+        return cls.model_validate(args or {})
+
+
+def pool_deployment_name(pool: str) -> str:
+    """Serve deployment name of a pool, as shown by ``serve status``."""
+    return f"HandlerWorker_{pool}"

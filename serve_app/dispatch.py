@@ -1,0 +1,134 @@
+"""Routing and dispatch of single tasks, free of Ray.
+
+The Coordinator owns one :class:`Dispatcher`; it injects a :class:`PoolCaller`
+that does the actual deployment-handle call and turns Ray's exceptions into
+ServeflowErrors. Tests inject a caller that runs handlers in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+
+from serve_app import tracing
+from serve_app.config import AppConfig
+from serve_app.error_mapping import classify
+from serve_app.errors import NotReady, TaskTimeout, UnknownTaskType
+from serve_app.models import TaskRequest, TaskResult, WorkItem
+
+PoolCaller = Callable[[str, WorkItem], Awaitable[TaskResult]]
+Clock = Callable[[], float]
+
+
+class ReadinessBoard:
+    """The Coordinator's latest view of which pools can take work."""
+
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._pools: dict[str, dict[str, Any]] = {}
+        self.updated_at: float | None = None
+        self.last_error: str | None = None
+
+    def update(self, pools: Mapping[str, Mapping[str, Any]]) -> None:
+        self._pools = {name: dict(info) for name, info in pools.items()}
+        self.updated_at = self._clock()
+        self.last_error = None
+
+    def update_failed(self, error: str) -> None:
+        self.last_error = error
+
+    @property
+    def known(self) -> bool:
+        return self.updated_at is not None
+
+    def not_ready_pools(self) -> dict[str, str]:
+        """Pools that cannot take work, with the reason (all of them before the first update)."""
+        if not self.known:
+            return {"*": self.last_error or "waiting for the OrganismManager to report pool readiness"}
+        return {
+            name: info.get("error") or info.get("status", "unknown")
+            for name, info in self._pools.items()
+            if not info.get("ready")
+        }
+
+    def check(self, pool: str) -> None:
+        """Raise :class:`NotReady` unless ``pool`` can take work."""
+        if not self.known:
+            raise NotReady(
+                "serveflow is starting: handler pools are not ready yet",
+                details={"reason": self.not_ready_pools()["*"]},
+            )
+        info = self._pools.get(pool)
+        if info is None or not info.get("ready"):
+            reason = (info or {}).get("error") or (info or {}).get("status", "unknown")
+            raise NotReady(f"handler pool {pool!r} is not ready", details={"pool": pool, "reason": reason})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pools": dict(self._pools), "updated_at": self.updated_at, "last_error": self.last_error}
+
+
+class Dispatcher:
+    """Validates, routes and runs one task; always produces an envelope."""
+
+    def __init__(self, config: AppConfig, readiness: ReadinessBoard, call_pool: PoolCaller) -> None:
+        self._config = config
+        self._routes = config.routes()
+        self._readiness = readiness
+        self._call_pool = call_pool
+
+    @property
+    def task_types(self) -> dict[str, str]:
+        return dict(self._routes)
+
+    def deadline_for(self, pool: str, requested: float | None) -> float:
+        default = self._config.pools[pool].default_timeout_s
+        return min(requested if requested is not None else default, self._config.max_timeout_s)
+
+    async def submit(self, req: TaskRequest) -> TaskResult:
+        """Run ``req`` and return its envelope (success or structured failure)."""
+        started = time.perf_counter()
+        task_id = req.task_id or uuid.uuid4().hex
+        with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
+            trace_id = tracing.trace_id_hex(span)
+            try:
+                result = await self._run(req, task_id)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                err = classify(exc, trace_id=trace_id)
+                tracing.record_error(span, err)
+                result = TaskResult.failure(err, task_id=task_id, task_type=req.task_type)
+            else:
+                if result.error is not None:
+                    span.set_attribute("serveflow.error_code", result.error.code)
+        result.task_id = task_id
+        result.task_type = req.task_type
+        result.trace_id = trace_id
+        result.duration_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    async def _run(self, req: TaskRequest, task_id: str) -> TaskResult:
+        pool = self._routes.get(req.task_type)
+        if pool is None:
+            raise UnknownTaskType(
+                f"unknown task type {req.task_type!r}", details={"known_task_types": sorted(self._routes)}
+            )
+        self._readiness.check(pool)
+        deadline = self.deadline_for(pool, req.timeout_s)
+        item = WorkItem(
+            task_id=task_id,
+            task_type=req.task_type,
+            payload=req.payload,
+            timeout_s=deadline,
+            trace_context=tracing.inject(),
+        )
+        try:
+            return await asyncio.wait_for(self._call_pool(pool, item), deadline + self._config.timeout_grace_s)
+        except asyncio.TimeoutError as exc:
+            # The worker enforces the deadline itself; reaching here means the
+            # replica did not answer at all (blocked loop, lost message).
+            raise TaskTimeout(
+                f"no answer from pool {pool!r} within {deadline:g}s", details={"pool": pool, "timeout_s": deadline}
+            ) from exc

@@ -1,0 +1,35 @@
+"""CPU-bound example handlers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from serve_app.handlers import handler
+
+
+class FibIn(BaseModel):
+    n: int = Field(ge=0, le=100_000)
+
+
+@handler("fib")
+def fib(inp: FibIn) -> dict[str, int | str]:
+    """The n-th Fibonacci number (as a string when it is too big for JSON numbers)."""
+    a, b = 0, 1
+    for _ in range(inp.n):
+        a, b = b, a + b
+    return {"n": inp.n, "value": a if a < 2**53 else str(a)}
+
+
+class PrimesIn(BaseModel):
+    limit: int = Field(ge=2, le=5_000_000)
+
+
+@handler("count_primes")
+def count_primes(inp: PrimesIn) -> dict[str, int]:
+    """Count primes below ``limit`` with a sieve (burns CPU on purpose)."""
+    sieve = bytearray([1]) * inp.limit
+    sieve[0:2] = b"\x00\x00"
+    for i in range(2, int(inp.limit**0.5) + 1):
+        if sieve[i]:
+            sieve[i * i :: i] = bytearray(len(range(i * i, inp.limit, i)))
+    return {"limit": inp.limit, "primes": sum(sieve)}

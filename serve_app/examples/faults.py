@@ -1,0 +1,53 @@
+"""Handlers that misbehave on purpose, for fault-injection tests and demos.
+
+Load this module only into a pool meant for it: ``crash`` kills its replica's
+process, ``hang`` occupies a thread past any deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from pydantic import BaseModel, Field
+
+from serve_app.handlers import handler
+
+
+class HangIn(BaseModel):
+    seconds: float = Field(60.0, ge=0, le=3600)
+
+
+@handler("hang")
+def hang(inp: HangIn) -> dict[str, float]:
+    """Block a worker thread (simulates a call stuck in native code)."""
+    time.sleep(inp.seconds)
+    return {"slept": inp.seconds}
+
+
+class CrashIn(BaseModel):
+    exit_code: int = Field(1, ge=1, le=255)
+
+
+@handler("crash")
+def crash(inp: CrashIn) -> None:
+    """Kill this replica's process at once (simulates a segfault)."""
+    os._exit(inp.exit_code)
+
+
+@handler("whoami")
+def whoami(payload: dict) -> dict[str, int]:
+    """The process id of the replica that ran the task."""
+    return {"pid": os.getpid()}
+
+
+class StallIn(BaseModel):
+    seconds: float = Field(1.0, ge=0, le=600)
+
+
+@handler("stall")
+async def stall(inp: StallIn) -> dict[str, float]:
+    """Hold a request slot without blocking (fills queues for backpressure tests)."""
+    await asyncio.sleep(inp.seconds)
+    return {"stalled": inp.seconds}

@@ -1,0 +1,102 @@
+"""Health bookkeeping and roll-up, free of Ray.
+
+:class:`ComponentTracker` turns a stream of observations (probe answers, probe
+failures, Serve's own deployment state) into an honest status with the last
+error and since when. :func:`rollup` combines components into one overall state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from serve_app.models import ComponentStatus, HealthState
+
+Clock = Callable[[], float]
+
+# Serve deployment states (DeploymentStatus values) that mean "cannot serve".
+_SERVE_FAILED = {"UNHEALTHY", "DEPLOY_FAILED"}
+
+
+class ComponentTracker:
+    """Tracks one component (a pool, the metrics collector, ...)."""
+
+    def __init__(self, name: str, *, clock: Clock = time.time) -> None:
+        self.name = name
+        self._clock = clock
+        self._state = HealthState.INITIALIZING
+        self._since = clock()
+        self._error: str | None = None
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._ever_healthy = False
+        self._reported: dict[str, Any] = {}
+        self._serve: dict[str, Any] = {}
+
+    @property
+    def state(self) -> HealthState:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Can take requests (healthy, or degraded but serving)."""
+        return self._state in (HealthState.HEALTHY, HealthState.DEGRADED)
+
+    def observe_report(self, report: Mapping[str, Any]) -> None:
+        """A ``get_status()`` answer from the component itself."""
+        self._reported = dict(report)
+        state = HealthState(report.get("status", HealthState.UNHEALTHY.value))
+        self._set(self._combine(state, report.get("error")), report.get("error"))
+
+    def observe_failure(self, error: str) -> None:
+        """The component could not be asked (timeout, unavailable, died)."""
+        self._reported = {}
+        state = HealthState.UNHEALTHY if self._ever_healthy else HealthState.INITIALIZING
+        self._set(self._combine(state, error), error)
+
+    def observe_serve(self, status: str, message: str, replica_states: Mapping[str, int]) -> None:
+        """Serve's view of the deployment (from ``serve.status()``)."""
+        self._serve = {"status": status, "message": message, "replica_states": dict(replica_states)}
+        if self._state is not HealthState.INITIALIZING:
+            self._set(self._combine(self._state, self._error), self._error)
+
+    def _combine(self, state: HealthState, error: str | None) -> HealthState:
+        serve_status = self._serve.get("status")
+        if serve_status in _SERVE_FAILED and state is HealthState.HEALTHY:
+            # The probed replica is fine but Serve sees failing replicas.
+            return HealthState.DEGRADED
+        return state
+
+    def _set(self, state: HealthState, error: str | None) -> None:
+        now = self._clock()
+        if state is not self._state:
+            self._state = state
+            self._since = now
+        if state is HealthState.HEALTHY:
+            self._ever_healthy = True
+        if error:
+            self._last_error, self._last_error_at = error, now
+        elif self._serve.get("status") in _SERVE_FAILED and self._serve.get("message"):
+            error = self._serve["message"]
+        self._error = error if state is not HealthState.HEALTHY else None
+
+    def snapshot(self) -> ComponentStatus:
+        details: dict[str, Any] = {
+            "reported": self._reported,
+            "serve": self._serve,
+            "last_error": self._last_error,
+            "last_error_at": self._last_error_at,
+        }
+        return ComponentStatus(name=self.name, status=self._state, error=self._error, since=self._since, details=details)
+
+
+def rollup(components: Iterable[ComponentStatus]) -> HealthState:
+    """Overall state: healthy only if every part is; unhealthy if none serves."""
+    states = [c.status for c in components]
+    if not states or all(s is HealthState.INITIALIZING for s in states):
+        return HealthState.INITIALIZING
+    if all(s is HealthState.HEALTHY for s in states):
+        return HealthState.HEALTHY
+    if all(s in (HealthState.UNHEALTHY, HealthState.INITIALIZING) for s in states):
+        return HealthState.UNHEALTHY
+    return HealthState.DEGRADED

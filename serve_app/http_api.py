@@ -1,0 +1,162 @@
+"""The HTTP ingress: a Starlette app over a Dispatcher, free of Ray.
+
+Every answer is JSON; every error is the envelope with a status from
+:mod:`serve_app.error_mapping`. Nothing raised inside reaches Starlette's (or
+Serve's) default 500 page.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serve_app import tracing
+from serve_app.dispatch import Dispatcher, ReadinessBoard
+from serve_app.error_mapping import classify, http_headers, http_status
+from serve_app.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServeflowError,
+    ValidationFailed,
+)
+from serve_app.models import TaskRequest, TaskResult
+from serve_app.openapi import openapi_schema
+from serve_app.runner import validation_details
+
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def envelope_response(result: TaskResult) -> JSONResponse:
+    """The HTTP answer for an envelope: 200 on success, the mapped status otherwise."""
+    body = result.model_dump(mode="json")
+    if result.error is None:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=http_status(result.error.code), headers=http_headers(result.error))
+
+
+def error_response(err: ServeflowError, **fields: Any) -> JSONResponse:
+    return envelope_response(TaskResult.failure(err, **fields))
+
+
+def guarded(endpoint: Endpoint) -> Endpoint:
+    """Turn anything an endpoint raises into an envelope (one trace id, no traceback)."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            trace_id = tracing.trace_id_hex()
+            return error_response(classify(exc, trace_id=trace_id), trace_id=trace_id)
+
+    wrapper.__name__ = endpoint.__name__
+    wrapper.__doc__ = endpoint.__doc__
+    return wrapper
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without buffering it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_big = int(declared) > limit
+        except ValueError:
+            raise InvalidRequest("Content-Length header is not a number") from None
+        if too_big:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", details={"limit_bytes": limit})
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", details={"limit_bytes": limit})
+    return bytes(body)
+
+
+def parse_task_request(body: bytes) -> TaskRequest:
+    """Parse a TaskRequest: malformed JSON is 400, a wrong shape is 422."""
+    if not body.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return TaskRequest.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidRequest("request body is not valid JSON") from None
+        raise ValidationFailed("request does not match the TaskRequest schema", details=validation_details(exc)) from None
+
+
+def build_http_app(
+    dispatcher: Dispatcher,
+    readiness: ReadinessBoard,
+    status: StatusProvider,
+    *,
+    max_body_bytes: int,
+) -> Starlette:
+    """The Starlette app served by the Coordinator."""
+
+    schema_cache: dict[str, Any] = {}
+
+    @guarded
+    async def submit_task(request: Request) -> Response:
+        """Run one task and wait for its envelope."""
+        req = parse_task_request(await read_body(request, max_body_bytes))
+        return envelope_response(await dispatcher.submit(req))
+
+    @guarded
+    async def list_task_types(request: Request) -> Response:
+        return JSONResponse({"task_types": dispatcher.task_types})
+
+    @guarded
+    async def healthz(request: Request) -> Response:
+        """Liveness: the Coordinator replica answers."""
+        return JSONResponse({"status": "alive"})
+
+    @guarded
+    async def readyz(request: Request) -> Response:
+        """Readiness: every pool can take work."""
+        not_ready = readiness.not_ready_pools()
+        if not_ready:
+            err = NotReady("not every handler pool is ready", details={"pools": not_ready})
+            return error_response(err)
+        return JSONResponse({"status": "ready", "pools": sorted(readiness.snapshot()["pools"])})
+
+    @guarded
+    async def status_endpoint(request: Request) -> Response:
+        """Detailed roll-up of every deployment and pool."""
+        return JSONResponse(await status())
+
+    @guarded
+    async def openapi(request: Request) -> Response:
+        if "doc" not in schema_cache:
+            schema_cache["doc"] = openapi_schema(sorted(dispatcher.task_types))
+        return JSONResponse(schema_cache["doc"])
+
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        err: ServeflowError
+        if exc.status_code == 405:
+            err = MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 404:
+            err = NotFound(f"no route for {request.url.path}")
+        else:
+            err = InvalidRequest(str(exc.detail))
+        return error_response(err)
+
+    routes = [
+        Route("/v1/tasks", submit_task, methods=["POST"]),
+        Route("/v1/task-types", list_task_types, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/status", status_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+

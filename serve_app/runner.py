@@ -1,0 +1,154 @@
+"""Runs one handler call: validate input, enforce the deadline, map failures.
+
+Pure asyncio; the HandlerWorker deployment wraps one :class:`HandlerRunner`.
+Sync handlers run on a dedicated thread pool so they never block the replica's
+event loop. A thread cannot be killed, so a sync call that outlives its
+deadline is counted as *stuck* until it returns; too many stuck calls make the
+replica report unhealthy so Serve replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from serve_app.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed
+from serve_app.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
+from serve_app.models import TaskResult, WorkItem
+
+logger = logging.getLogger("serveflow.runner")
+
+_ANY = TypeAdapter(Any)
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    """JSON-safe summary of a pydantic error: where and what, never the input."""
+    return {
+        "errors": [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+    }
+
+
+class HandlerRunner:
+    """Executes handlers from one registry with deadlines and failure isolation."""
+
+    def __init__(self, registry: HandlerRegistry, *, max_concurrency: int, max_stuck_calls: int) -> None:
+        self._registry = registry
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="serveflow-handler")
+        self._max_stuck = max_stuck_calls
+        self._stuck = 0
+        self._stuck_lock = threading.Lock()
+        self.completed = 0
+        self.failed = 0
+
+    @property
+    def stuck_calls(self) -> int:
+        return self._stuck
+
+    def health_problem(self) -> str | None:
+        """Why this runner cannot do its job, or None."""
+        if self._stuck >= self._max_stuck:
+            return f"{self._stuck} sync handler call(s) still running past their deadline (limit {self._max_stuck})"
+        return None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, item: WorkItem) -> TaskResult:
+        """Run ``item``; always returns an envelope, never raises for handler faults."""
+        started = time.perf_counter()
+        try:
+            value = await self._call(item)
+            result = TaskResult(task_id=item.task_id, task_type=item.task_type, success=True, result=value)
+            self.completed += 1
+        except ServeflowError as err:
+            self.failed += 1
+            result = TaskResult.failure(err, task_id=item.task_id, task_type=item.task_type)
+        result.duration_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    async def _call(self, item: WorkItem) -> Any:
+        spec = self._registry.get(item.task_type)
+        if spec is None:
+            raise UnknownTaskType(f"task type {item.task_type!r} is not served by this pool")
+        arg = self._validate(spec, item.payload)
+        try:
+            if spec.is_async:
+                value = await asyncio.wait_for(spec.fn(arg), item.timeout_s)  # type: ignore[arg-type]
+            else:
+                value = await self._call_sync(spec, arg, item.timeout_s)
+        except ServeflowError:
+            raise
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise TaskTimeout(
+                f"task {item.task_type!r} exceeded its {item.timeout_s:g}s deadline",
+                details={"timeout_s": item.timeout_s},
+            ) from exc
+        except Exception as exc:
+            raise self._handler_failure(spec, item, exc) from exc
+        try:
+            return _ANY.dump_python(value, mode="json")
+        except Exception as exc:
+            raise HandlerError(
+                f"handler for {item.task_type!r} returned a value that is not JSON-serializable: {type(value).__name__}"
+            ) from exc
+
+    @staticmethod
+    def _validate(spec: HandlerSpec, payload: dict[str, Any]) -> Any:
+        if spec.input_model is None:
+            return payload
+        try:
+            return spec.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"payload does not match the input of {spec.task_type!r}", details=validation_details(exc)
+            ) from exc
+
+    async def _call_sync(self, spec: HandlerSpec, arg: Any, timeout_s: float) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, spec.fn, arg)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except asyncio.TimeoutError:
+            if not future.done():
+                self._mark_stuck(future)
+            raise
+
+    def _mark_stuck(self, future: asyncio.Future[Any]) -> None:
+        with self._stuck_lock:
+            self._stuck += 1
+
+        def release(_: asyncio.Future[Any]) -> None:
+            with self._stuck_lock:
+                self._stuck -= 1
+
+        # Swallow the late outcome: nobody awaits it any more.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future.add_done_callback(release)
+
+    @staticmethod
+    def _handler_failure(spec: HandlerSpec, item: WorkItem, exc: Exception) -> ServeflowError:
+        logger.warning("handler %r failed for task %s", spec.task_type, item.task_id, exc_info=exc)
+        if spec.handle_error is not None:
+            ctx = HandlerErrorContext(task_type=spec.task_type, task_id=item.task_id, payload=item.payload, exception=exc)
+            try:
+                chosen = spec.handle_error(ctx)
+            except ServeflowError as raised:
+                return raised
+            except Exception as hook_exc:
+                logger.error("handle_error hook of %r raised", spec.task_type, exc_info=hook_exc)
+                chosen = None
+            if isinstance(chosen, ServeflowError):
+                return chosen
+        return HandlerError(
+            f"handler {spec.task_type!r} raised {type(exc).__name__}: {exc}",
+            details={"exception_type": type(exc).__name__},
+        )

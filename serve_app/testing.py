@@ -1,0 +1,51 @@
+"""Test helpers: run the real handler pools in-process, without Ray.
+
+``InProcessPools(config)`` loads every pool's handler modules exactly as a
+HandlerWorker does and is a drop-in :data:`serve_app.dispatch.PoolCaller`, so
+the HTTP layer, the dispatcher and the handlers can be tested together fast.
+"""
+
+from __future__ import annotations
+
+from serve_app.config import AppConfig
+from serve_app.dispatch import Dispatcher, ReadinessBoard
+from serve_app.handlers import HandlerRegistry
+from serve_app.models import TaskResult, WorkItem
+from serve_app.runner import HandlerRunner
+
+
+class InProcessPools:
+    """Every configured pool as a local HandlerRunner."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.runners = {
+            name: HandlerRunner(
+                HandlerRegistry.from_modules(pool.handler_modules, pool.task_types),
+                max_concurrency=pool.max_concurrency,
+                max_stuck_calls=pool.max_stuck_calls,
+            )
+            for name, pool in config.pools.items()
+        }
+
+    async def __call__(self, pool: str, item: WorkItem) -> TaskResult:
+        return await self.runners[pool].run(item)
+
+    def readiness_report(self) -> dict[str, dict[str, object]]:
+        """What the OrganismManager would report for these pools."""
+        return {
+            name: {"ready": runner.health_problem() is None, "status": "healthy", "error": runner.health_problem()}
+            for name, runner in self.runners.items()
+        }
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+
+def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dispatcher, ReadinessBoard, InProcessPools]:
+    """A Dispatcher over in-process pools; ``ready=False`` leaves readiness unknown."""
+    pools = InProcessPools(config)
+    board = ReadinessBoard()
+    if ready:
+        board.update(pools.readiness_report())
+    return Dispatcher(config, board, pools), board, pools

@@ -1,0 +1,135 @@
+"""Single tasks over real HTTP against real Ray Serve."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from typing import Any
+
+import httpx
+
+ENVELOPE_KEYS = {"task_id", "task_type", "success", "result", "error", "duration_ms", "trace_id"}
+
+
+def _post(http: httpx.Client, body: Any = None, **kw: Any) -> httpx.Response:
+    if body is not None:
+        kw["json"] = body
+    return http.post("/v1/tasks", **kw)
+
+
+def _err(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == ENVELOPE_KEYS
+    assert body["success"] is False and body["error"]["code"] == code
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    return body
+
+
+def test_tasks_on_two_pools(http: httpx.Client) -> None:
+    r = _post(http, {"task_type": "echo", "payload": {"message": "hello"}})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == ENVELOPE_KEYS and body["success"] and body["result"] == {"message": "hello"}
+    assert len(body["trace_id"]) == 32 and body["task_id"]
+    r = _post(http, {"task_type": "fib", "payload": {"n": 30}, "task_id": "fib-30"})
+    assert r.json()["result"] == {"n": 30, "value": 832040} and r.json()["task_id"] == "fib-30"
+
+
+def test_async_handler_and_no_result(http: httpx.Client) -> None:
+    assert _post(http, {"task_type": "sleep", "payload": {"seconds": 0.05}}).json()["result"] == {"slept": 0.05}
+    r = _post(http, {"task_type": "noop"})
+    assert r.status_code == 200 and r.json()["result"] is None
+
+
+def test_bad_json_is_400(http: httpx.Client) -> None:
+    _err(_post(http, content=b'{"task_type": ', headers={"content-type": "application/json"}), 400, "invalid_request")
+
+
+def test_request_validation_is_422(http: httpx.Client) -> None:
+    body = _err(_post(http, {"task_type": "echo", "timeout_s": "soon"}), 422, "validation_error")
+    assert body["error"]["details"]["errors"][0]["loc"] == ["timeout_s"]
+
+
+def test_payload_validation_is_422_from_the_worker(http: httpx.Client) -> None:
+    body = _err(_post(http, {"task_type": "fib", "payload": {"n": -1}}), 422, "validation_error")
+    assert body["error"]["details"]["errors"][0]["loc"] == ["n"]
+
+
+def test_unknown_task_type_is_404(http: httpx.Client) -> None:
+    body = _err(_post(http, {"task_type": "does_not_exist"}), 404, "unknown_task_type")
+    assert "echo" in body["error"]["details"]["known_task_types"]
+
+
+def test_handler_exception_is_structured(http: httpx.Client) -> None:
+    body = _err(_post(http, {"task_type": "fail", "payload": {"message": "kaput"}}), 500, "handler_error")
+    assert body["error"]["message"] == "handler 'fail' raised DeliberateFailure: kaput"
+    assert body["error"]["retryable"] is False
+    body = _err(_post(http, {"task_type": "fail", "payload": {"retryable": True}}), 500, "handler_error")
+    assert body["error"]["retryable"] is True
+
+
+def test_timeout_is_504(http: httpx.Client) -> None:
+    body = _err(_post(http, {"task_type": "sleep", "payload": {"seconds": 10}, "timeout_s": 0.3}), 504, "timeout")
+    assert body["error"]["retryable"] is True and body["duration_ms"] < 5000
+
+
+def test_body_limit_is_413(http: httpx.Client) -> None:
+    big = {"task_type": "echo", "payload": {"message": "x" * 70_000}}
+    _err(_post(http, content=json.dumps(big).encode(), headers={"content-type": "application/json"}), 413, "payload_too_large")
+
+
+def test_unknown_route_and_method(http: httpx.Client) -> None:
+    _err(http.get("/v2/nothing"), 404, "not_found")
+    _err(http.delete("/v1/tasks"), 405, "method_not_allowed")
+
+
+def test_handler_failures_do_not_affect_other_requests(http: httpx.Client) -> None:
+    def one(i: int) -> tuple[int, httpx.Response]:
+        kind = i % 3
+        if kind == 0:
+            return i, _post(http, {"task_type": "fail", "payload": {"message": f"f{i}"}})
+        if kind == 1:
+            return i, _post(http, {"task_type": "echo", "payload": {"message": f"e{i}"}})
+        return i, _post(http, {"task_type": "fib", "payload": {"n": i}})
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(30)))
+    for i, r in results:
+        if i % 3 == 0:
+            assert r.status_code == 500 and r.json()["error"]["message"].endswith(f"f{i}")
+        else:
+            assert r.status_code == 200, r.text
+    assert http.get("/readyz").status_code == 200
+
+
+def test_backpressure_is_503_overloaded_with_retry_after(http: httpx.Client) -> None:
+    # The fragile pool takes 2 ongoing + 2 queued requests; the rest are refused at once.
+    def stall(_: int) -> httpx.Response:
+        return _post(http, {"task_type": "stall", "payload": {"seconds": 2}})
+
+    with cf.ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(stall, range(10)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 2, codes
+    overloaded = [r for r in responses if r.status_code == 503]
+    assert overloaded, codes
+    for r in overloaded:
+        assert r.json()["error"]["code"] == "overloaded" and r.json()["error"]["retryable"] is True
+        assert r.headers["retry-after"] == "1"
+    assert set(codes) <= {200, 503}
+
+
+def test_liveness_readiness_status(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "alive"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["pools"] == ["compute", "fragile", "general"]
+    status = http.get("/v1/status").json()
+    assert set(status["pools"]) == {"general", "compute", "fragile"}
+    for pool in status["pools"].values():
+        assert pool["status"] == "healthy", pool
+        assert pool["details"]["reported"]["details"]["replica_id"]
+    assert status["components"]["Coordinator"]["status"] == "healthy"
+    assert status["components"]["OrganismManager"]["status"] == "healthy"
+    assert {"Coordinator", "OrganismManager", "MetricsCollector", "HandlerWorker_general"} <= set(status["deployments"])
+    assert http.get("/openapi.json").json()["paths"]["/v1/tasks"]["post"]["operationId"] == "submitTask"

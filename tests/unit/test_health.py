@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from serve_app.health import ComponentTracker, rollup
+from serve_app.models import ComponentStatus, HealthState
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_initializing_until_first_healthy_report() -> None:
+    clock = FakeClock()
+    t = ComponentTracker("p", clock=clock)
+    t.observe_failure("no status answer within 2s")
+    assert t.state is HealthState.INITIALIZING and not t.ready
+    clock.t = 105
+    t.observe_report({"status": "healthy"})
+    snap = t.snapshot()
+    assert snap.status is HealthState.HEALTHY and snap.since == 105 and snap.error is None and t.ready
+
+
+def test_failure_after_healthy_is_unhealthy_with_error_and_since() -> None:
+    clock = FakeClock()
+    t = ComponentTracker("p", clock=clock)
+    t.observe_report({"status": "healthy"})
+    clock.t = 110
+    t.observe_failure("the replica died")
+    snap = t.snapshot()
+    assert snap.status is HealthState.UNHEALTHY and snap.error == "the replica died" and snap.since == 110
+    assert snap.details["last_error_at"] == 110
+
+
+def test_reported_unhealthy_keeps_its_reason() -> None:
+    t = ComponentTracker("p")
+    t.observe_report({"status": "unhealthy", "error": "handler module 'x' failed to import"})
+    assert t.snapshot().error == "handler module 'x' failed to import"
+
+
+def test_serve_failing_replicas_degrade_a_healthy_probe() -> None:
+    t = ComponentTracker("p")
+    t.observe_report({"status": "healthy"})
+    t.observe_serve("UNHEALTHY", "replica failed health check", {"RUNNING": 1, "STARTING": 1})
+    snap = t.snapshot()
+    assert snap.status is HealthState.DEGRADED and snap.error == "replica failed health check" and t.ready
+
+
+def _c(state: HealthState) -> ComponentStatus:
+    return ComponentStatus(name="x", status=state)
+
+
+def test_rollup() -> None:
+    H, D, U, I = HealthState.HEALTHY, HealthState.DEGRADED, HealthState.UNHEALTHY, HealthState.INITIALIZING
+    assert rollup([]) is I
+    assert rollup([_c(I), _c(I)]) is I
+    assert rollup([_c(H), _c(H)]) is H
+    assert rollup([_c(H), _c(U)]) is D
+    assert rollup([_c(H), _c(D)]) is D
+    assert rollup([_c(U), _c(I)]) is U
