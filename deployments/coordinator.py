@@ -12,12 +12,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from deployments.ray_calls import await_response, replica_identity
-from serve_app import tracing
+from serve_app import grpc_api, tracing
 from serve_app.config import AppConfig, pool_deployment_name
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.http_api import build_http_app
 from serve_app.loops import PeriodicTask
 from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
+from serve_app.proto import serveflow_pb2 as pb
 
 logger = logging.getLogger("serveflow.coordinator")
 
@@ -56,6 +57,16 @@ class Coordinator:
         return build_http_app(
             self._dispatcher, self._readiness, self.get_status, max_body_bytes=self._config.max_body_bytes
         )
+
+    # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
+    async def SubmitTask(self, request: pb.TaskRequest, grpc_context: Any = None) -> pb.TaskResult:
+        body = grpc_api.submit_task(
+            self._dispatcher, request, grpc_context, max_payload_bytes=self._config.max_body_bytes
+        )
+        return await grpc_api.guarded(body, grpc_context, pb.TaskResult())
+
+    async def GetStatus(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusReply:
+        return await grpc_api.guarded(grpc_api.get_status(self.get_status, grpc_context), grpc_context, pb.StatusReply())
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))

@@ -106,6 +106,11 @@ class MethodNotAllowed(ServeflowError):
 class PayloadTooLarge(ServeflowError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
+    @classmethod
+    def over(cls, limit_bytes: int) -> PayloadTooLarge:
+        """The one wording for every ingress."""
+        return cls(f"request payload exceeds {limit_bytes} bytes", details={"limit_bytes": limit_bytes})
+
 
 class Unauthenticated(ServeflowError):
     code = ErrorCode.UNAUTHENTICATED

@@ -72,12 +72,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise InvalidRequest("Content-Length header is not a number") from None
         if too_big:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", details={"limit_bytes": limit})
+            raise PayloadTooLarge.over(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", details={"limit_bytes": limit})
+            raise PayloadTooLarge.over(limit)
     return bytes(body)
 
 

@@ -7,6 +7,8 @@ the HTTP layer, the dispatcher and the handlers can be tested together fast.
 
 from __future__ import annotations
 
+from typing import Any
+
 from serve_app.config import AppConfig
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.handlers import HandlerRegistry
@@ -49,3 +51,20 @@ def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dis
     if ready:
         board.update(pools.readiness_report())
     return Dispatcher(config, board, pools), board, pools
+
+
+def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int) -> Any:
+    """A plain grpc.aio servicer over ``dispatcher``, for testing the gRPC layer without Serve."""
+    from serve_app import grpc_api
+    from serve_app.proto import serveflow_pb2 as pb
+    from serve_app.proto import serveflow_pb2_grpc as pb_grpc
+
+    class LocalTaskServicer(pb_grpc.TaskServiceServicer):
+        async def SubmitTask(self, request: Any, context: Any) -> Any:
+            body = grpc_api.submit_task(dispatcher, request, context, max_payload_bytes=max_payload_bytes)
+            return await grpc_api.guarded(body, context, pb.TaskResult())
+
+        async def GetStatus(self, request: Any, context: Any) -> Any:
+            return await grpc_api.guarded(grpc_api.get_status(status, context), context, pb.StatusReply())
+
+    return LocalTaskServicer()

@@ -26,6 +26,7 @@ POOLS: dict[str, Any] = {
         "max_queued_requests": 2,
     },
 }
+GRPC_SERVICER = "serve_app.proto.serveflow_pb2_grpc.add_TaskServiceServicer_to_server"
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 
@@ -56,12 +57,15 @@ def serve_instance() -> Iterator[dict[str, Any]]:
 
     from graphs.serveflow import build_app
 
-    http_port = free_port()
+    http_port, grpc_port = free_port(), free_port()
     # Logical CPUs: replicas ask for fractions; this is a scheduling budget, not real cores.
     connect(address="local", num_cpus=8, include_dashboard=False, namespace="serveflow-tests", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+    )
     serve.run(build_app(APP_ARGS), name="serveflow", route_prefix="/")
-    info = {"http": f"http://127.0.0.1:{http_port}", "http_port": http_port}
+    info = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     with httpx.Client(base_url=info["http"], timeout=10) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, what="serveflow /readyz")
     try:
