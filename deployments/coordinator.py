@@ -19,6 +19,10 @@ from serve_app.http_api import build_http_app
 from serve_app.loops import PeriodicTask
 from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
+from serve_app.workflow.api import RunService
+from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.spec import WorkflowSpec
+from serve_app.workflow.store import open_store
 
 logger = logging.getLogger("serveflow.coordinator")
 
@@ -38,6 +42,7 @@ class Coordinator:
         config: dict[str, Any],
         manager: DeploymentHandle,
         pools: dict[str, DeploymentHandle],
+        workflows: dict[str, dict[str, Any]] | None = None,
         trace_exporter: str = "none",
     ) -> None:
         tracing.configure(trace_exporter)
@@ -48,6 +53,21 @@ class Coordinator:
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
         self._dispatcher = Dispatcher(self._config, self._readiness, self._call_pool)
+        wf = self._config.workflows
+        self._store = await asyncio.to_thread(open_store, wf.store, wf.store_path)
+        self._engine = RunEngine(
+            self._store,
+            self._dispatcher.submit,
+            {name: WorkflowSpec.model_validate(doc) for name, doc in (workflows or {}).items()},
+            owner=self._identity["replica_id"],
+            lease_s=wf.lease_s,
+        )
+        self._runs = RunService(self._engine)
+        # Renew our leases and claim runs whose owner is gone (e.g. a replica that died).
+        self._workflow_loop = PeriodicTask(
+            "workflow-leases", self._workflow_tick, wf.lease_s / 3, stall_after_s=max(30.0, 3 * wf.lease_s)
+        )
+        self._workflow_loop.start()
         poll = self._config.readiness_poll_s
         self._refresh = PeriodicTask("readiness-refresh", self._refresh_readiness, poll, stall_after_s=max(30.0, 20 * poll))
         # Never block construction on the manager: until it reports, requests get 503 not_ready.
@@ -55,8 +75,16 @@ class Coordinator:
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(
-            self._dispatcher, self._readiness, self.get_status, max_body_bytes=self._config.max_body_bytes
+            self._dispatcher,
+            self._readiness,
+            self.get_status,
+            max_body_bytes=self._config.max_body_bytes,
+            runs=self._runs,
         )
+
+    async def _workflow_tick(self) -> None:
+        await self._engine.renew_leases()
+        await self._engine.resume()
 
     # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
     async def SubmitTask(self, request: pb.TaskRequest, grpc_context: Any = None) -> pb.TaskResult:
@@ -67,6 +95,18 @@ class Coordinator:
 
     async def GetStatus(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusReply:
         return await grpc_api.guarded(grpc_api.get_status(self.get_status, grpc_context), grpc_context, pb.StatusReply())
+
+    async def StartRun(self, request: pb.StartRunRequest, grpc_context: Any = None) -> pb.RunReply:
+        return await grpc_api.guarded_run(grpc_api.start_run(self._runs, request, grpc_context), grpc_context)
+
+    async def GetRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
+        return await grpc_api.guarded_run(grpc_api.get_run(self._runs, request, grpc_context), grpc_context)
+
+    async def CancelRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
+        return await grpc_api.guarded_run(grpc_api.cancel_run(self._runs, request, grpc_context), grpc_context)
+
+    async def ListRuns(self, request: pb.ListRunsRequest, grpc_context: Any = None) -> pb.RunReply:
+        return await grpc_api.guarded_run(grpc_api.list_runs(self._runs, request, grpc_context), grpc_context)
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))
@@ -86,13 +126,19 @@ class Coordinator:
 
     async def get_status(self) -> dict[str, Any]:
         """Own status plus the OrganismManager's roll-up (or why it cannot be had)."""
-        problem = self._refresh.problem()
+        problem = self._refresh.problem() or self._workflow_loop.problem()
         own = ComponentStatus(
             name="Coordinator",
             status=HealthState.UNHEALTHY if problem else HealthState.HEALTHY,
             error=problem or self._readiness.last_error,
             since=self._since,
-            details={**self._identity, "readiness": self._readiness.snapshot()},
+            details={
+                **self._identity,
+                "readiness": self._readiness.snapshot(),
+                "workflows": sorted(self._engine.workflows),
+                "active_runs": len(self._engine.active_runs),
+                "store": self._config.workflows.store,
+            },
         )
         try:
             rolled = await asyncio.wait_for(
@@ -117,6 +163,11 @@ class Coordinator:
         return rolled
 
     async def check_health(self) -> None:
-        problem = self._refresh.problem()
+        problem = self._refresh.problem() or self._workflow_loop.problem()
         if problem:
             raise RuntimeError(problem)
+
+    async def __del__(self) -> None:
+        # Graceful shutdown: hand unfinished runs over to the next owner at once.
+        await self._engine.shutdown()
+        self._store.close()

@@ -12,6 +12,7 @@ from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
 from serve_app.config import AppConfig, pool_deployment_name
 from serve_app.settings import Settings
+from serve_app.workflow.loader import load_workflows
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -35,4 +36,9 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     metrics = MetricsCollector.options(ray_actor_options={"num_cpus": config.metrics_cpus}).bind(config.metrics_refresh_s)
     manager = OrganismManager.options(ray_actor_options={"num_cpus": config.manager_cpus}).bind(raw, pools, metrics)
-    return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(raw, manager, pools, exporter)
+    # Invalid workflows fail the deploy here, with the step named (visible in `serve status`).
+    workflows = load_workflows(config.workflows, config.routes())
+    specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
+    return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(
+        raw, manager, pools, specs, exporter
+    )

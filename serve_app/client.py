@@ -24,10 +24,11 @@ from typing import Any, Callable, TypeVar
 import grpc
 
 from serve_app.errors import ErrorCode
-from serve_app.grpc_api import envelope_from_trailers, result_from_proto
+from serve_app.grpc_api import ENVELOPE_KEY, envelope_from_trailers, result_from_proto, run_from_proto
 from serve_app.models import ErrorInfo, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
+from serve_app.workflow.api import RunResult
 
 T = TypeVar("T")
 
@@ -75,24 +76,41 @@ class RetryPolicy:
         return max(floor, random.uniform(0, cap))
 
 
+def _transport_error(err: grpc.RpcError) -> ErrorInfo:
+    code = _FROM_GRPC.get(err.code(), ErrorCode.INTERNAL) if hasattr(err, "code") else ErrorCode.INTERNAL
+    details = (err.details() if hasattr(err, "details") else None) or ""
+    message = details.strip().splitlines()[0] if details.strip() else f"gRPC call failed: {code.value}"
+    return ErrorInfo(
+        code=code.value,
+        message=message[:500],
+        retryable=code in _RETRYABLE_TRANSPORT,
+        details={"grpc_status": err.code().name if hasattr(err, "code") else "UNKNOWN", "transport": True},
+    )
+
+
+def run_failure_from_rpc_error(err: grpc.RpcError) -> RunResult:
+    """As :func:`failure_from_rpc_error`, for the run RPCs."""
+    for key, value in (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ():
+        if key == ENVELOPE_KEY:
+            return RunResult.model_validate_json(value)
+    return RunResult(success=False, error=_transport_error(err))
+
+
 def failure_from_rpc_error(err: grpc.RpcError, *, task_id: str | None, task_type: str | None) -> TaskResult:
     """The envelope for a failed RPC: the server's own, or one built from the status."""
     envelope = envelope_from_trailers(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
     if envelope is not None:
         return envelope
-    code = _FROM_GRPC.get(err.code(), ErrorCode.INTERNAL) if hasattr(err, "code") else ErrorCode.INTERNAL
-    details = (err.details() if hasattr(err, "details") else None) or ""
-    message = details.strip().splitlines()[0] if details.strip() else f"gRPC call failed: {code.value}"
-    return TaskResult(
-        task_id=task_id,
-        task_type=task_type,
-        success=False,
-        error=ErrorInfo(
-            code=code.value,
-            message=message[:500],
-            retryable=code in _RETRYABLE_TRANSPORT,
-            details={"grpc_status": err.code().name if hasattr(err, "code") else "UNKNOWN", "transport": True},
-        ),
+    return TaskResult(task_id=task_id, task_type=task_type, success=False, error=_transport_error(err))
+
+
+def _start_request(workflow: str, run_input: dict[str, Any] | None, idempotency_key: str | None, wait: bool, wait_timeout_s: float) -> pb.StartRunRequest:
+    return pb.StartRunRequest(
+        workflow=workflow,
+        input_json=json.dumps(run_input or {}),
+        idempotency_key=idempotency_key or "",
+        wait=wait,
+        wait_timeout_s=wait_timeout_s,
     )
 
 
@@ -164,6 +182,34 @@ class ServeflowClient(_Base):
                 return result
             self._sleep(self.retry.backoff(attempt, result))
 
+    def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
+        try:
+            return run_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
+        except grpc.RpcError as err:
+            return run_failure_from_rpc_error(err)
+
+    def start_run(
+        self,
+        workflow: str,
+        run_input: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = False,
+        wait_timeout_s: float = 60.0,
+    ) -> RunResult:
+        """Start a workflow run; with ``wait`` the answer comes when it finishes (or at the timeout)."""
+        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s)
+        return self._run_rpc(self._stub.StartRun, req, wait_timeout_s + self._grace)
+
+    def get_run(self, run_id: str, *, timeout_s: float = 10.0) -> RunResult:
+        return self._run_rpc(self._stub.GetRun, pb.RunRequest(run_id=run_id), timeout_s)
+
+    def cancel_run(self, run_id: str, *, timeout_s: float = 30.0) -> RunResult:
+        return self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
+
+    def list_runs(self, *, status: str = "", workflow: str = "", limit: int = 50, timeout_s: float = 10.0) -> RunResult:
+        return self._run_rpc(self._stub.ListRuns, pb.ListRunsRequest(status=status, workflow=workflow, limit=limit), timeout_s)
+
     def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The service's status document (as GET /v1/status)."""
         reply = self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)
@@ -212,6 +258,35 @@ class AsyncServeflowClient(_Base):
             if not self.retry.should_retry(result, attempt):
                 return result
             await asyncio.sleep(self.retry.backoff(attempt, result))
+
+    async def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
+        try:
+            return run_from_proto(await method(request, timeout=timeout_s, metadata=self._metadata))
+        except grpc.aio.AioRpcError as err:
+            return run_failure_from_rpc_error(err)
+
+    async def start_run(
+        self,
+        workflow: str,
+        run_input: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = False,
+        wait_timeout_s: float = 60.0,
+    ) -> RunResult:
+        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s)
+        return await self._run_rpc(self._stub.StartRun, req, wait_timeout_s + self._grace)
+
+    async def get_run(self, run_id: str, *, timeout_s: float = 10.0) -> RunResult:
+        return await self._run_rpc(self._stub.GetRun, pb.RunRequest(run_id=run_id), timeout_s)
+
+    async def cancel_run(self, run_id: str, *, timeout_s: float = 30.0) -> RunResult:
+        return await self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
+
+    async def list_runs(self, *, status: str = "", workflow: str = "", limit: int = 50, timeout_s: float = 10.0) -> RunResult:
+        return await self._run_rpc(
+            self._stub.ListRuns, pb.ListRunsRequest(status=status, workflow=workflow, limit=limit), timeout_s
+        )
 
     async def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         reply = await self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)

@@ -7,7 +7,7 @@ a message naming the field, instead of failing later inside a replica.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,10 +40,24 @@ class PoolConfig(_Strict):
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
 
 
+class WorkflowsConfig(_Strict):
+    """Workflow definitions and where run state is persisted."""
+
+    store: Literal["sqlite", "memory"] = Field("sqlite", description="memory = nothing survives a restart.")
+    store_path: str = Field("~/.serveflow/serveflow.sqlite3", description="SQLite file (created if missing).")
+    lease_s: float = Field(10.0, gt=0, le=600, description="How long a Coordinator owns a run without renewing.")
+    definitions: list[dict[str, Any]] = Field(default_factory=list, description="Inline workflow definitions.")
+    files: list[str] = Field(default_factory=list, description="YAML files with definitions, read at deploy time.")
+    modules: list[str] = Field(
+        default_factory=list, description="Python modules whose Workflow/WorkflowSpec objects are loaded at deploy time."
+    )
+
+
 class AppConfig(_Strict):
     """Top-level application arguments."""
 
     pools: dict[str, PoolConfig] = Field(min_length=1)
+    workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     max_timeout_s: float = Field(300.0, gt=0, le=3600, description="Upper bound for any task deadline.")
     timeout_grace_s: float = Field(2.0, ge=0, description="Extra time the Coordinator waits beyond a handler deadline.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")

@@ -32,6 +32,7 @@ _TABLE: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
     ErrorCode.OVERLOADED: (503, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.TIMEOUT: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
     ErrorCode.CANCELLED: (409, grpc.StatusCode.CANCELLED),
+    ErrorCode.CONFLICT: (409, grpc.StatusCode.ALREADY_EXISTS),
     ErrorCode.INTERNAL: (500, grpc.StatusCode.INTERNAL),
 }
 

@@ -28,6 +28,7 @@ class ErrorCode(str, Enum):
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    CONFLICT = "conflict"
     INTERNAL = "internal"
 
 
@@ -153,6 +154,12 @@ class Cancelled(ServeflowError):
     code = ErrorCode.CANCELLED
 
 
+class Conflict(ServeflowError):
+    """The request contradicts existing state (e.g. an idempotency key reused with other input)."""
+
+    code = ErrorCode.CONFLICT
+
+
 class Internal(ServeflowError):
     """Anything unexpected. The message never carries a traceback; the log does."""
 
@@ -175,6 +182,7 @@ _BY_CODE: dict[ErrorCode, type[ServeflowError]] = {
         Overloaded,
         TaskTimeout,
         Cancelled,
+        Conflict,
         Internal,
     )
 }

@@ -20,6 +20,7 @@ from serve_app.errors import InvalidRequest, PayloadTooLarge, ServeflowError, Va
 from serve_app.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.runner import validation_details
+from serve_app.workflow.api import RunResult, RunService, parse_start
 
 ENVELOPE_KEY = "serveflow-envelope-bin"
 
@@ -52,6 +53,18 @@ def task_request_from_proto(msg: pb.TaskRequest, *, max_payload_bytes: int) -> T
         raise ValidationFailed("request does not match the TaskRequest schema", details=validation_details(exc)) from None
 
 
+def error_to_proto(info: ErrorInfo) -> pb.ErrorInfo:
+    return pb.ErrorInfo(
+        code=info.code, message=info.message, retryable=info.retryable, details_json=json.dumps(info.details)
+    )
+
+
+def error_from_proto(msg: pb.ErrorInfo) -> ErrorInfo:
+    return ErrorInfo(
+        code=msg.code, message=msg.message, retryable=msg.retryable, details=json.loads(msg.details_json or "{}")
+    )
+
+
 def result_to_proto(result: TaskResult) -> pb.TaskResult:
     msg = pb.TaskResult(
         task_id=result.task_id or "",
@@ -63,26 +76,12 @@ def result_to_proto(result: TaskResult) -> pb.TaskResult:
     if result.success:
         msg.result_json = json.dumps(result.result)
     if result.error is not None:
-        msg.error.CopyFrom(
-            pb.ErrorInfo(
-                code=result.error.code,
-                message=result.error.message,
-                retryable=result.error.retryable,
-                details_json=json.dumps(result.error.details),
-            )
-        )
+        msg.error.CopyFrom(error_to_proto(result.error))
     return msg
 
 
 def result_from_proto(msg: pb.TaskResult) -> TaskResult:
-    error = None
-    if msg.HasField("error"):
-        error = ErrorInfo(
-            code=msg.error.code,
-            message=msg.error.message,
-            retryable=msg.error.retryable,
-            details=json.loads(msg.error.details_json or "{}"),
-        )
+    error = error_from_proto(msg.error) if msg.HasField("error") else None
     return TaskResult(
         task_id=msg.task_id or None,
         task_type=msg.task_type or None,
@@ -105,13 +104,83 @@ def envelope_from_trailers(metadata: Iterable[tuple[str, Any]] | None) -> TaskRe
     return None
 
 
-def respond(result: TaskResult, context: ServerContext | None) -> pb.TaskResult:
-    """Set the status code and trailers for ``result`` and return the response message."""
+def _set_failure(result: TaskResult | RunResult, context: ServerContext | None) -> None:
     if result.error is not None and context is not None:
         context.set_code(grpc_status(result.error.code))
         context.set_details(result.error.message)
-        context.set_trailing_metadata([(ENVELOPE_KEY, result.model_dump_json().encode())])
+        context.set_trailing_metadata([(ENVELOPE_KEY, result.model_dump_json(exclude_none=True).encode())])
+
+
+def respond(result: TaskResult, context: ServerContext | None) -> pb.TaskResult:
+    """Set the status code and trailers for ``result`` and return the response message."""
+    _set_failure(result, context)
     return result_to_proto(result)
+
+
+def run_to_proto(result: RunResult) -> pb.RunReply:
+    msg = pb.RunReply(
+        success=result.success,
+        run_id=result.run_id or "",
+        workflow=result.workflow or "",
+        created=bool(result.created),
+        duration_ms=result.duration_ms,
+        trace_id=result.trace_id or "",
+    )
+    if result.run is not None:
+        msg.run_json = json.dumps(result.run)
+    if result.runs is not None:
+        msg.runs_json = json.dumps(result.runs)
+    if result.error is not None:
+        msg.error.CopyFrom(error_to_proto(result.error))
+    return msg
+
+
+def run_from_proto(msg: pb.RunReply) -> RunResult:
+    error = error_from_proto(msg.error) if msg.HasField("error") else None
+    return RunResult(
+        success=msg.success,
+        run_id=msg.run_id or None,
+        workflow=msg.workflow or None,
+        created=msg.created,
+        run=json.loads(msg.run_json) if msg.run_json else None,
+        runs=json.loads(msg.runs_json) if msg.runs_json else None,
+        error=error,
+        duration_ms=msg.duration_ms,
+        trace_id=msg.trace_id or None,
+    )
+
+
+def respond_run(result: RunResult, context: ServerContext | None) -> pb.RunReply:
+    _set_failure(result, context)
+    return run_to_proto(result)
+
+
+async def start_run(runs: RunService, request: pb.StartRunRequest, context: ServerContext | None) -> pb.RunReply:
+    try:
+        run_input = json.loads(request.input_json) if request.input_json.strip() else {}
+    except ValueError:
+        raise InvalidRequest("input_json is not valid JSON") from None
+    raw: dict[str, Any] = {"input": run_input, "wait": request.wait}
+    if request.idempotency_key:
+        raw["idempotency_key"] = request.idempotency_key
+    if request.wait_timeout_s:
+        raw["wait_timeout_s"] = request.wait_timeout_s
+    return respond_run(await runs.start(request.workflow, parse_start(raw)), context)
+
+
+async def get_run(runs: RunService, request: pb.RunRequest, context: ServerContext | None) -> pb.RunReply:
+    return respond_run(await runs.get(request.run_id), context)
+
+
+async def cancel_run(runs: RunService, request: pb.RunRequest, context: ServerContext | None) -> pb.RunReply:
+    return respond_run(await runs.cancel(request.run_id), context)
+
+
+async def list_runs(runs: RunService, request: pb.ListRunsRequest, context: ServerContext | None) -> pb.RunReply:
+    return respond_run(
+        await runs.list(status=request.status or None, workflow=request.workflow or None, limit=request.limit or 50),
+        context,
+    )
 
 
 async def submit_task(
@@ -140,3 +209,11 @@ async def guarded(call: Awaitable[Any], context: ServerContext | None, empty: An
         trace_id = tracing.trace_id_hex()
         respond(TaskResult.failure(classify(exc, trace_id=trace_id), trace_id=trace_id), context)
         return empty
+
+
+async def guarded_run(call: Awaitable[pb.RunReply], context: ServerContext | None) -> pb.RunReply:
+    """As :func:`guarded`, for run RPCs: errors become a RunResult envelope."""
+    try:
+        return await call
+    except Exception as exc:
+        return respond_run(RunResult.failure(classify(exc, trace_id=tracing.trace_id_hex())), context)

@@ -7,6 +7,7 @@ Serve's) default 500 page.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
@@ -31,36 +32,59 @@ from serve_app.errors import (
 from serve_app.models import TaskRequest, TaskResult
 from serve_app.openapi import openapi_schema
 from serve_app.runner import validation_details
+from serve_app.workflow.api import RunResult, RunService, parse_start
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def envelope_response(result: TaskResult) -> JSONResponse:
-    """The HTTP answer for an envelope: 200 on success, the mapped status otherwise."""
-    body = result.model_dump(mode="json")
+Envelope = TaskResult | RunResult
+
+
+def envelope_response(result: Envelope, *, ok_status: int = 200) -> JSONResponse:
+    """The HTTP answer for an envelope: ``ok_status`` on success, the mapped status otherwise."""
+    body = result.model_dump(mode="json", exclude_none=isinstance(result, RunResult))
     if result.error is None:
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=ok_status)
     return JSONResponse(body, status_code=http_status(result.error.code), headers=http_headers(result.error))
 
 
-def error_response(err: ServeflowError, **fields: Any) -> JSONResponse:
-    return envelope_response(TaskResult.failure(err, **fields))
+def error_response(err: ServeflowError, envelope: type[Envelope] = TaskResult) -> JSONResponse:
+    result = envelope.failure(err)
+    result.trace_id = result.trace_id or tracing.trace_id_hex()
+    return envelope_response(result)
 
 
-def guarded(endpoint: Endpoint) -> Endpoint:
+def guarded(endpoint: Endpoint, envelope: type[Envelope] = TaskResult) -> Endpoint:
     """Turn anything an endpoint raises into an envelope (one trace id, no traceback)."""
 
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
         except Exception as exc:
-            trace_id = tracing.trace_id_hex()
-            return error_response(classify(exc, trace_id=trace_id), trace_id=trace_id)
+            return error_response(classify(exc, trace_id=tracing.trace_id_hex()), envelope)
 
     wrapper.__name__ = endpoint.__name__
     wrapper.__doc__ = endpoint.__doc__
     return wrapper
+
+
+def run_endpoint(endpoint: Endpoint) -> Endpoint:
+    return guarded(endpoint, RunResult)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body (empty body = {}); malformed JSON is 400."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return doc
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -99,6 +123,7 @@ def build_http_app(
     status: StatusProvider,
     *,
     max_body_bytes: int,
+    runs: RunService | None = None,
 ) -> Starlette:
     """The Starlette app served by the Coordinator."""
 
@@ -139,6 +164,48 @@ def build_http_app(
             schema_cache["doc"] = openapi_schema(sorted(dispatcher.task_types))
         return JSONResponse(schema_cache["doc"])
 
+    @run_endpoint
+    async def list_workflows(request: Request) -> Response:
+        return JSONResponse({"workflows": runs.definitions() if runs else []})
+
+    def _runs() -> RunService:
+        if runs is None:
+            raise NotFound("workflows are not enabled")
+        return runs
+
+    @run_endpoint
+    async def get_workflow(request: Request) -> Response:
+        name = request.path_params["name"]
+        for doc in _runs().definitions():
+            if doc["name"] == name:
+                return JSONResponse(doc)
+        raise NotFound(f"unknown workflow {name!r}")
+
+    @run_endpoint
+    async def start_run(request: Request) -> Response:
+        """Start a run: 202 while it runs (or with wait=true, 200 once finished)."""
+        req = parse_start(await read_json_object(request, max_body_bytes))
+        result = await _runs().start(request.path_params["name"], req)
+        finished = result.run is not None and result.run["status"] in ("succeeded", "failed", "cancelled")
+        return envelope_response(result, ok_status=200 if finished or not result.created else 202)
+
+    @run_endpoint
+    async def list_runs(request: Request) -> Response:
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise ValidationFailed("limit must be an integer") from None
+        return envelope_response(await _runs().list(status=q.get("status"), workflow=q.get("workflow"), limit=limit))
+
+    @run_endpoint
+    async def get_run(request: Request) -> Response:
+        return envelope_response(await _runs().get(request.path_params["run_id"]))
+
+    @run_endpoint
+    async def cancel_run(request: Request) -> Response:
+        return envelope_response(await _runs().cancel(request.path_params["run_id"]))
+
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         err: ServeflowError
@@ -157,6 +224,12 @@ def build_http_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/status", status_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/workflows", list_workflows, methods=["GET"]),
+        Route("/v1/workflows/{name}", get_workflow, methods=["GET"]),
+        Route("/v1/workflows/{name}/runs", start_run, methods=["POST"]),
+        Route("/v1/runs", list_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
 

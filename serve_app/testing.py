@@ -53,7 +53,7 @@ def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dis
     return Dispatcher(config, board, pools), board, pools
 
 
-def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int) -> Any:
+def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int, runs: Any = None) -> Any:
     """A plain grpc.aio servicer over ``dispatcher``, for testing the gRPC layer without Serve."""
     from serve_app import grpc_api
     from serve_app.proto import serveflow_pb2 as pb
@@ -66,5 +66,17 @@ def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_byte
 
         async def GetStatus(self, request: Any, context: Any) -> Any:
             return await grpc_api.guarded(grpc_api.get_status(status, context), context, pb.StatusReply())
+
+        async def StartRun(self, request: Any, context: Any) -> Any:
+            return await grpc_api.guarded_run(grpc_api.start_run(runs, request, context), context)
+
+        async def GetRun(self, request: Any, context: Any) -> Any:
+            return await grpc_api.guarded_run(grpc_api.get_run(runs, request, context), context)
+
+        async def CancelRun(self, request: Any, context: Any) -> Any:
+            return await grpc_api.guarded_run(grpc_api.cancel_run(runs, request, context), context)
+
+        async def ListRuns(self, request: Any, context: Any) -> Any:
+            return await grpc_api.guarded_run(grpc_api.list_runs(runs, request, context), context)
 
     return LocalTaskServicer()

@@ -12,6 +12,7 @@ import time
 
 from pydantic import BaseModel, Field
 
+from serve_app.errors import HandlerError
 from serve_app.handlers import handler
 
 
@@ -51,3 +52,20 @@ async def stall(inp: StallIn) -> dict[str, float]:
     """Hold a request slot without blocking (fills queues for backpressure tests)."""
     await asyncio.sleep(inp.seconds)
     return {"stalled": inp.seconds}
+
+
+class FlakyIn(BaseModel):
+    key: str = Field(min_length=1, max_length=200)
+    fail_times: int = Field(1, ge=0, le=100)
+
+
+_flaky_calls: dict[str, int] = {}
+
+
+@handler("flaky")
+def flaky(inp: FlakyIn) -> dict[str, int]:
+    """Fail (retryably) the first ``fail_times`` calls for ``key`` in this replica, then succeed."""
+    calls = _flaky_calls[inp.key] = _flaky_calls.get(inp.key, 0) + 1
+    if calls <= inp.fail_times:
+        raise HandlerError(f"flaky failure {calls} of {inp.fail_times}", retryable=True)
+    return {"calls": calls}

@@ -58,3 +58,55 @@ class StatusReply(_message.Message):
     status: str
     status_json: str
     def __init__(self, status: _Optional[str] = ..., status_json: _Optional[str] = ...) -> None: ...
+
+class StartRunRequest(_message.Message):
+    __slots__ = ("workflow", "input_json", "idempotency_key", "wait", "wait_timeout_s")
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    workflow: str
+    input_json: str
+    idempotency_key: str
+    wait: bool
+    wait_timeout_s: float
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[float] = ...) -> None: ...
+
+class RunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("status", "workflow", "limit")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    workflow: str
+    limit: int
+    def __init__(self, status: _Optional[str] = ..., workflow: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RunReply(_message.Message):
+    __slots__ = ("success", "run_id", "workflow", "created", "run_json", "runs_json", "error", "duration_ms", "trace_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    RUN_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUNS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    run_id: str
+    workflow: str
+    created: bool
+    run_json: str
+    runs_json: str
+    error: ErrorInfo
+    duration_ms: float
+    trace_id: str
+    def __init__(self, success: _Optional[bool] = ..., run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., created: _Optional[bool] = ..., run_json: _Optional[str] = ..., runs_json: _Optional[str] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_ms: _Optional[float] = ..., trace_id: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,26 @@ class TaskServiceStub:
                 request_serializer=serve__app_dot_proto_dot_serveflow__pb2.StatusRequest.SerializeToString,
                 response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.StartRun = channel.unary_unary(
+                '/serveflow.TaskService/StartRun',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.StartRunRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/serveflow.TaskService/GetRun',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/serveflow.TaskService/CancelRun',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/serveflow.TaskService/ListRuns',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -63,6 +83,34 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRun(self, request, context):
+        """Start a workflow run (optionally waiting for it to finish).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """A run with per-step state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Cancel a run: in-flight steps are cancelled, pending ones never start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Recent runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +123,26 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.StatusRequest.FromString,
                     response_serializer=serve__app_dot_proto_dot_serveflow__pb2.StatusReply.SerializeToString,
+            ),
+            'StartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRun,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.StartRunRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +199,114 @@ class TaskService:
             '/serveflow.TaskService/GetStatus',
             serve__app_dot_proto_dot_serveflow__pb2.StatusRequest.SerializeToString,
             serve__app_dot_proto_dot_serveflow__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/StartRun',
+            serve__app_dot_proto_dot_serveflow__pb2.StartRunRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/GetRun',
+            serve__app_dot_proto_dot_serveflow__pb2.RunRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/CancelRun',
+            serve__app_dot_proto_dot_serveflow__pb2.RunRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ListRuns',
+            serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
             options,
             channel_credentials,
             insecure,

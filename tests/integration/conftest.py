@@ -20,13 +20,58 @@ POOLS: dict[str, Any] = {
     "compute": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["fib", "count_primes"]},
     "fragile": {
         "handler_modules": ["serve_app.examples.faults"],
-        "task_types": ["hang", "crash", "whoami", "stall"],
+        "task_types": ["hang", "crash", "whoami", "stall", "flaky"],
         "max_stuck_calls": 1,
         "max_ongoing_requests": 2,
         "max_queued_requests": 2,
     },
 }
 GRPC_SERVICER = "serve_app.proto.serveflow_pb2_grpc.add_TaskServiceServicer_to_server"
+WORKFLOWS: list[dict[str, Any]] = [
+    {
+        "name": "diamond",
+        "steps": [
+            {"name": "a", "task_type": "echo", "input": {"message": "${input.text}"}},
+            {"name": "b", "task_type": "fib", "input": {"n": "${input.n}"}, "depends_on": ["a"]},
+            {"name": "c", "task_type": "echo", "input": {"message": "${steps.a.result.message}"}},
+            {"name": "d", "task_type": "echo", "input": {"message": "${steps.c.result.message}"}, "depends_on": ["b"]},
+        ],
+        "output": {"fib": "${steps.b.result.value}", "echo": "${steps.d.result.message}"},
+    },
+    {
+        "name": "fanout",
+        "steps": [{"name": f"s{i}", "task_type": "sleep", "input": {"seconds": "${input.seconds}"}} for i in range(8)]
+        + [{"name": "join", "task_type": "echo", "input": {"message": "joined"}, "depends_on": [f"s{i}" for i in range(8)]}],
+    },
+    {
+        "name": "retrying",
+        "steps": [
+            {
+                "name": "flaky",
+                "task_type": "flaky",
+                "input": {"key": "${input.key}", "fail_times": "${input.fail_times}"},
+                "retry": {"max_attempts": 3, "initial_backoff_s": 0.05},
+            },
+            {"name": "after", "task_type": "echo", "input": {"message": "ok"}, "depends_on": ["flaky"]},
+        ],
+    },
+    {"name": "timeout", "steps": [{"name": "slow", "task_type": "sleep", "input": {"seconds": 10}, "timeout_s": 0.3}]},
+    {
+        "name": "long",
+        "steps": [
+            {"name": "first", "task_type": "sleep", "input": {"seconds": 60}},
+            {"name": "second", "task_type": "echo", "input": {"message": "never"}, "depends_on": ["first"]},
+        ],
+    },
+    {
+        "name": "resumable",
+        "steps": [
+            {"name": "one", "task_type": "echo", "input": {"message": "first"}},
+            {"name": "two", "task_type": "sleep", "input": {"seconds": "${input.seconds}"}, "depends_on": ["one"]},
+            {"name": "three", "task_type": "echo", "input": {"message": "${steps.one.result.message}"}, "depends_on": ["two"]},
+        ],
+    },
+]
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 
@@ -52,7 +97,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float
 
 
 @pytest.fixture(scope="session")
-def serve_instance() -> Iterator[dict[str, Any]]:
+def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from ray import serve
 
     from graphs.serveflow import build_app
@@ -64,8 +109,10 @@ def serve_instance() -> Iterator[dict[str, Any]]:
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     )
-    serve.run(build_app(APP_ARGS), name="serveflow", route_prefix="/")
-    info = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+    store_path = str(tmp_path_factory.mktemp("store") / "runs.sqlite3")
+    args = {**APP_ARGS, "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS}}
+    serve.run(build_app(args), name="serveflow", route_prefix="/")
+    info = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "store_path": store_path}
     with httpx.Client(base_url=info["http"], timeout=10) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, what="serveflow /readyz")
     try:

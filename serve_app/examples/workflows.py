@@ -1,0 +1,16 @@
+"""Example workflows built with the Python builder (load with workflows.modules)."""
+
+from __future__ import annotations
+
+from serve_app.workflow import Workflow
+
+# Fan-out/fan-in: four independent sleeps, then one step that waits for all of them.
+fanout = Workflow("fanout", "Four parallel sleeps joined by an echo")
+sleeps = [fanout.step(f"sleep{i}", "sleep", {"seconds": Workflow.input("seconds")}) for i in range(4)]
+fanout.step("join", "echo", {"message": "all done"}, depends_on=sleeps)
+
+# A chain whose middle step is retried on failure.
+flaky_chain = Workflow("fib_chain", "fib(n) then echo it")
+f = flaky_chain.step("fib", "fib", {"n": Workflow.input("n")}, retry={"max_attempts": 3, "initial_backoff_s": 0.1})
+flaky_chain.step("say", "echo", {"message": "computed"}, depends_on=[f])
+flaky_chain.output({"value": f.result("value")})

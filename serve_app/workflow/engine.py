@@ -1,0 +1,344 @@
+"""The workflow engine: runs DAGs of steps through the task dispatcher.
+
+Pure asyncio; the Coordinator owns one engine. Every state change is written to
+the :class:`~serve_app.workflow.store.RunStore` before it is acted on. Ready
+steps run concurrently; each step is an ordinary task submission (routing,
+readiness, deadlines and error mapping are the dispatcher's), retried per its
+policy. A run is owned through a lease, so after a Coordinator restart the new
+replica claims unfinished runs and resumes them: finished steps keep their
+results, steps that were in flight run again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+
+from serve_app import tracing
+from serve_app.errors import ErrorCode, NotFound, ValidationFailed
+from serve_app.models import ErrorInfo, TaskRequest, TaskResult
+from serve_app.workflow.spec import MissingValue, StepSpec, WorkflowSpec, resolve
+from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
+from serve_app.workflow.store import RunStore
+
+logger = logging.getLogger("serveflow.workflow")
+
+SubmitTask = Callable[[TaskRequest], Awaitable[TaskResult]]
+
+_BLOCKING = (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
+# Errors that mean the task was refused before it ran.
+_NOT_STARTED = (ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value)
+_NOT_STARTED_MAX_WAIT_S = 2.0
+
+
+def request_hash(workflow: str, run_input: Mapping[str, Any]) -> str:
+    """Fingerprint of a start request, to tell a true retry from a reused idempotency key."""
+    doc = json.dumps({"workflow": workflow, "input": run_input}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+class RunEngine:
+    """Starts, executes, cancels and resumes workflow runs."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        submit: SubmitTask,
+        workflows: Mapping[str, WorkflowSpec],
+        *,
+        owner: str,
+        lease_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._submit = submit
+        self._workflows = dict(workflows)
+        self._owner = owner
+        self._lease_s = lease_s
+        self._clock = clock
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._cancel: dict[str, asyncio.Event] = {}
+
+    @property
+    def workflows(self) -> dict[str, WorkflowSpec]:
+        return dict(self._workflows)
+
+    @property
+    def active_runs(self) -> list[str]:
+        return list(self._active)
+
+    # ------------------------------------------------------------------ API
+
+    async def start(
+        self, workflow: str, run_input: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[RunState, bool]:
+        """Persist a new run and start executing it; an idempotency key seen before returns that run."""
+        spec = self._workflows.get(workflow)
+        if spec is None:
+            raise NotFound(f"unknown workflow {workflow!r}", details={"known_workflows": sorted(self._workflows)})
+        run = RunState(
+            run_id=uuid.uuid4().hex,
+            workflow=workflow,
+            input=dict(run_input),
+            idempotency_key=idempotency_key,
+            created_at=self._clock(),
+            trace_id=tracing.trace_id_hex(),
+            steps=[StepState(name=s.name, task_type=s.task_type) for s in spec.steps],
+        )
+        stored, created = await self._store.create_run(
+            run, spec.model_dump_json(), request_hash(workflow, run_input), self._owner, self._lease_s
+        )
+        if created:
+            self._launch(stored.run_id, spec)
+        return stored, created
+
+    async def get(self, run_id: str) -> RunState:
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run
+
+    async def wait(self, run_id: str, timeout_s: float) -> RunState:
+        """The run's state once it is finished, or as it is after ``timeout_s``."""
+        task = self._active.get(run_id)
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            deadline = time.monotonic() + timeout_s
+            while not (await self.get(run_id)).status.terminal and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        return await self.get(run_id)
+
+    async def cancel(self, run_id: str, *, wait_s: float = 10.0) -> RunState:
+        """Cancel a run: in-flight steps are cancelled, pending ones never start. Idempotent."""
+        run = await self.get(run_id)
+        if run.status.terminal:
+            return run
+        await self._store.request_cancel(run_id)
+        event = self._cancel.get(run_id)
+        if event is not None:
+            event.set()
+            task = self._active.get(run_id)
+            if task is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), wait_s)
+                except asyncio.TimeoutError:
+                    pass
+        return await self.get(run_id)
+
+    async def list(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
+        return await self._store.list_runs(status=status, workflow=workflow, limit=limit)
+
+    async def resume(self) -> list[str]:
+        """Claim unfinished runs whose owner's lease lapsed, and execute them here."""
+        resumed = []
+        for run_id in await self._store.claim_unfinished(self._owner, self._lease_s):
+            if run_id in self._active:
+                continue
+            spec = WorkflowSpec.model_validate_json(await self._store.get_spec(run_id))
+            logger.info("resuming run %s of %s", run_id, spec.name)
+            self._launch(run_id, spec)
+            resumed.append(run_id)
+        return resumed
+
+    async def renew_leases(self) -> None:
+        if self._active:
+            await self._store.renew(self._owner, list(self._active), self._lease_s)
+
+    async def shutdown(self) -> None:
+        """Stop executing; the runs stay unfinished in the store and their leases are
+        released so the next owner resumes them at once."""
+        active = dict(self._active)
+        for t in active.values():
+            t.cancel()
+        await asyncio.gather(*active.values(), return_exceptions=True)
+        for run_id in active:
+            await self._store.release(self._owner, run_id)
+
+    # ------------------------------------------------------------------ execution
+
+    def _launch(self, run_id: str, spec: WorkflowSpec) -> None:
+        self._cancel[run_id] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._execute(run_id, spec), name=f"run-{run_id}")
+        self._active[run_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._active.pop(run_id, None)
+            self._cancel.pop(run_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("run %s crashed", run_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _execute(self, run_id: str, spec: WorkflowSpec) -> None:
+        with tracing.start_span(f"Run:{spec.name}", attributes={"serveflow.run_id": run_id}):
+            run = await self.get(run_id)
+            if run.status.terminal:
+                return
+            if run.status is RunStatus.PENDING:
+                run.status, run.started_at = RunStatus.RUNNING, self._clock()
+                await self._store.save_run(run)
+            await self._drive(run, spec)
+
+    async def _drive(self, run: RunState, spec: WorkflowSpec) -> None:
+        deps = spec.dependencies()
+        states = {s.name: s for s in run.steps}
+        results = {s.name: s.result for s in run.steps if s.status is StepStatus.SUCCEEDED}
+        running: dict[asyncio.Task[StepState], str] = {}
+        cancel_event = self._cancel[run.run_id]
+        fatal: StepState | None = None
+        cancelled = False
+        try:
+            while True:
+                if cancel_event.is_set() or await self._store.cancel_requested(run.run_id):
+                    cancelled = True
+                    break
+                if fatal is None:
+                    await self._skip_blocked(run.run_id, spec, deps, states)
+                    for step in spec.steps:
+                        st = states[step.name]
+                        # Ready = every upstream result is recorded here (not merely its status
+                        # flipped by a step task that is still writing it to the store).
+                        ready = all(d in results for d in deps[step.name])
+                        # RUNNING here means in flight when a previous owner stopped: run it again.
+                        if st.status in (StepStatus.PENDING, StepStatus.RUNNING) and ready and step.name not in running.values():
+                            task = asyncio.get_running_loop().create_task(self._run_step(run, spec, step, st, results))
+                            running[task] = step.name
+                if not running:
+                    break
+                waiter = asyncio.ensure_future(cancel_event.wait())
+                done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                for task in done:
+                    if task is waiter:
+                        continue
+                    name = running.pop(task)  # type: ignore[arg-type]
+                    if task.cancelled():  # cancelled after a fatal failure elsewhere
+                        st = states[name]
+                        st.status, st.finished_at = StepStatus.CANCELLED, self._clock()
+                        await self._store.save_step(run.run_id, st)
+                        continue
+                    st = task.result()  # type: ignore[assignment]
+                    states[name] = st
+                    if st.status is StepStatus.SUCCEEDED:
+                        results[name] = st.result
+                    elif st.status is StepStatus.FAILED and spec.step(name).on_failure == "fail_run" and fatal is None:
+                        fatal = st
+                if fatal is not None and running:
+                    for task in running:
+                        task.cancel()
+        finally:
+            # Cancelled in-flight steps (cancel, fatal failure, or engine shutdown).
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        for name in running.values():
+            states[name].status, states[name].finished_at = StepStatus.CANCELLED, self._clock()
+            await self._store.save_step(run.run_id, states[name])
+        await self._finish(run, spec, states, results, fatal, cancelled)
+
+    async def _skip_blocked(
+        self, run_id: str, spec: WorkflowSpec, deps: Mapping[str, set[str]], states: dict[str, StepState]
+    ) -> None:
+        """Mark steps whose upstream failed (with ``continue``) or was skipped; repeat to a fixpoint."""
+        changed = True
+        while changed:
+            changed = False
+            for step in spec.steps:
+                st = states[step.name]
+                if st.status is StepStatus.PENDING and any(states[d].status in _BLOCKING for d in deps[step.name]):
+                    st.status, st.finished_at = StepStatus.SKIPPED, self._clock()
+                    await self._store.save_step(run_id, st)
+                    changed = True
+
+    async def _finish(
+        self,
+        run: RunState,
+        spec: WorkflowSpec,
+        states: dict[str, StepState],
+        results: dict[str, Any],
+        fatal: StepState | None,
+        cancelled: bool,
+    ) -> None:
+        leftover = StepStatus.CANCELLED if cancelled else StepStatus.SKIPPED
+        for st in states.values():
+            if not st.status.terminal:
+                st.status, st.finished_at = leftover, self._clock()
+                await self._store.save_step(run.run_id, st)
+        if cancelled:
+            run.status = RunStatus.CANCELLED
+            run.error = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
+        elif fatal is not None:
+            run.status = RunStatus.FAILED
+            err = fatal.error
+            run.error = ErrorInfo(
+                code=err.code if err else ErrorCode.INTERNAL.value,
+                message=f"step {fatal.name!r} failed: {err.message if err else 'unknown error'}",
+                retryable=False,
+                details={"step": fatal.name, "step_error": err.model_dump(mode="json") if err else None},
+            )
+        else:
+            run.status = RunStatus.SUCCEEDED
+            # Default output: the results of the final steps that succeeded (skipped ones have none).
+            finals = [n for n in spec.final_steps() if n in results]
+            mapping = spec.output if spec.output is not None else {n: "${steps." + n + ".result}" for n in finals}
+            try:
+                run.output = resolve(mapping, run.input, results)
+            except MissingValue as exc:
+                run.status = RunStatus.FAILED
+                run.error = ErrorInfo(code=ErrorCode.VALIDATION_ERROR.value, message=f"output: {exc}", retryable=False)
+        run.finished_at = self._clock()
+        await self._store.save_run(run)
+        await self._store.release(self._owner, run.run_id)
+
+    async def _run_step(
+        self, run: RunState, spec: WorkflowSpec, step: StepSpec, st: StepState, results: Mapping[str, Any]
+    ) -> StepState:
+        # ``st`` is the run's own step record: attempts survive a cancellation.
+        with tracing.start_span(f"Step:{spec.name}.{step.name}", attributes={"serveflow.run_id": run.run_id}):
+            st.status, st.error = StepStatus.RUNNING, None
+            st.started_at = st.started_at or self._clock()
+            not_started = 0
+            while True:
+                st.attempts += 1
+                await self._store.save_step(run.run_id, st)  # write-ahead: the attempt is on record
+                try:
+                    payload = resolve(step.input, run.input, results)
+                except MissingValue as exc:
+                    res = TaskResult.failure(ValidationFailed(f"step {step.name!r} input: {exc}"))
+                else:
+                    res = await self._submit(
+                        TaskRequest(
+                            task_type=step.task_type,
+                            payload=payload,
+                            task_id=f"{run.run_id}.{step.name}.{st.attempts}",
+                            timeout_s=step.timeout_s,
+                        )
+                    )
+                if res.success:
+                    st.status, st.result = StepStatus.SUCCEEDED, res.result
+                    break
+                assert res.error is not None
+                st.error = res.error
+                if res.error.code in _NOT_STARTED:
+                    # The task never ran (pool starting, queue full): wait, do not spend an attempt.
+                    st.attempts -= 1
+                    not_started += 1
+                    await asyncio.sleep(min(_NOT_STARTED_MAX_WAIT_S, 0.1 * 2**min(not_started, 5)))
+                    continue
+                if not step.retry.should_retry(st.attempts, res.error.code, res.error.retryable):
+                    st.status = StepStatus.FAILED
+                    break
+                await asyncio.sleep(step.retry.backoff(st.attempts))
+            st.finished_at = self._clock()
+            await self._store.save_step(run.run_id, st)
+            return st

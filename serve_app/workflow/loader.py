@@ -1,0 +1,62 @@
+"""Load workflow definitions from config, YAML files and Python modules (at deploy time)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import WorkflowsConfig
+from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate
+
+
+def _from_dict(doc: Any, origin: str) -> WorkflowSpec:
+    try:
+        return WorkflowSpec.model_validate(doc)
+    except ValidationError as exc:
+        name = doc.get("name", "?") if isinstance(doc, dict) else "?"
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise WorkflowError(str(name), [f"({origin}) {p}" for p in problems]) from None
+
+
+def _from_file(path: str) -> list[WorkflowSpec]:
+    text = Path(path).expanduser().read_text()
+    doc = yaml.safe_load(text)
+    docs = doc.get("workflows", [doc]) if isinstance(doc, dict) else doc
+    if not isinstance(docs, list):
+        raise WorkflowError(path, ["file must hold a workflow, a list of workflows, or {workflows: [...]}"])
+    return [_from_dict(d, path) for d in docs]
+
+
+def _from_module(name: str, known: set[str] | None) -> list[WorkflowSpec]:
+    module = importlib.import_module(name)
+    specs = []
+    for value in vars(module).values():
+        if isinstance(value, WorkflowSpec):
+            specs.append(value)
+        elif isinstance(value, Workflow):
+            specs.append(value.build(known))
+    return specs
+
+
+def load_workflows(config: WorkflowsConfig, known_task_types: Iterable[str]) -> dict[str, WorkflowSpec]:
+    """Every configured workflow, validated against the routed task types.
+
+    Raises :class:`WorkflowError` (a ValueError) naming the workflow and step at fault.
+    """
+    known = set(known_task_types)
+    specs: list[WorkflowSpec] = [_from_dict(d, "serve_config definitions") for d in config.definitions]
+    for path in config.files:
+        specs.extend(_from_file(path))
+    for module in config.modules:
+        specs.extend(_from_module(module, known))
+    out: dict[str, WorkflowSpec] = {}
+    for spec in specs:
+        if spec.name in out:
+            raise WorkflowError(spec.name, ["defined more than once"])
+        validate(spec, known)
+        out[spec.name] = spec
+    return out

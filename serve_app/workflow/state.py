@@ -1,0 +1,80 @@
+"""Run and step state: what the store persists and the API returns."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serve_app.models import ErrorInfo
+
+
+class RunStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class StepStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+
+
+class StepState(BaseModel):
+    name: str
+    task_type: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at) * 1000.0
+
+
+class RunState(BaseModel):
+    run_id: str
+    workflow: str
+    status: RunStatus = RunStatus.PENDING
+    input: dict[str, Any] = Field(default_factory=dict)
+    output: Any = None
+    error: ErrorInfo | None = None
+    idempotency_key: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    trace_id: str | None = None
+    steps: list[StepState] = Field(default_factory=list)
+
+    def step(self, name: str) -> StepState:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def public(self) -> dict[str, Any]:
+        """JSON for clients: steps carry their duration."""
+        doc = self.model_dump(mode="json")
+        for step, out in zip(self.steps, doc["steps"]):
+            out["duration_ms"] = step.duration_ms
+        return doc

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import WorkflowsConfig
+from serve_app.workflow import StepRetry, Workflow, WorkflowError, WorkflowSpec, validate
+from serve_app.workflow.loader import load_workflows
+from serve_app.workflow.spec import MissingValue, find_cycle, resolve
+
+KNOWN = {"echo", "fib", "sleep"}
+
+
+def _spec(steps: list[dict], **kw: object) -> WorkflowSpec:
+    return WorkflowSpec.model_validate({"name": "wf", "steps": steps, **kw})
+
+
+def test_references_add_dependencies() -> None:
+    spec = _spec(
+        [
+            {"name": "a", "task_type": "echo"},
+            {"name": "b", "task_type": "echo", "input": {"m": "${steps.a.result.message}"}},
+            {"name": "c", "task_type": "echo", "depends_on": ["a"], "input": {"x": ["${steps.b.result}"]}},
+        ]
+    )
+    assert spec.dependencies() == {"a": set(), "b": {"a"}, "c": {"a", "b"}}
+    assert spec.final_steps() == ["c"]
+    validate(spec, KNOWN)
+
+
+def test_resolve_keeps_types_and_paths() -> None:
+    tpl = {"n": "${input.n}", "first": "${steps.a.result.items.0}", "lit": "x ${input.n}", "nested": {"all": "${steps.a.result}"}}
+    out = resolve(tpl, {"n": 3}, {"a": {"items": [{"k": 1}]}})
+    assert out == {"n": 3, "first": {"k": 1}, "lit": "x ${input.n}", "nested": {"all": {"items": [{"k": 1}]}}}
+    with pytest.raises(MissingValue, match="run input has no value at 'missing'"):
+        resolve({"v": "${input.missing}"}, {}, {})
+
+
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        ([{"name": "a", "task_type": "teleport"}], "step 'a': unknown task type 'teleport'"),
+        ([{"name": "a", "task_type": "echo", "depends_on": ["zz"]}], "step 'a': depends_on unknown step 'zz'"),
+        ([{"name": "a", "task_type": "echo", "input": {"x": "${steps.zz.result}"}}], "step 'a': references unknown step 'zz'"),
+        ([{"name": "a", "task_type": "echo", "input": {"x": "${steps.a.output}"}}], "must look like"),
+        ([{"name": "a", "task_type": "echo", "input": {"x": "${nothing.here}"}}], "must look like"),
+        ([{"name": "a", "task_type": "echo"}, {"name": "a", "task_type": "echo"}], "step 'a' is defined more than once"),
+        (
+            [
+                {"name": "a", "task_type": "echo", "depends_on": ["c"]},
+                {"name": "b", "task_type": "echo", "depends_on": ["a"]},
+                {"name": "c", "task_type": "echo", "input": {"x": "${steps.b.result}"}},
+            ],
+            "steps form a cycle: a -> c -> b -> a",
+        ),
+    ],
+)
+def test_validation_names_the_step(steps: list[dict], message: str) -> None:
+    with pytest.raises(WorkflowError) as info:
+        validate(_spec(steps), KNOWN)
+    assert message in str(info.value)
+
+
+def test_bad_policies_rejected() -> None:
+    with pytest.raises(ValidationError, match="max_backoff_s must be >= initial_backoff_s"):
+        StepRetry(initial_backoff_s=5, max_backoff_s=1)
+    with pytest.raises(ValidationError, match="unknown error codes"):
+        StepRetry(retry_on=["sometimes"])
+    with pytest.raises(ValidationError):
+        _spec([{"name": "a", "task_type": "echo", "on_failure": "shrug"}])
+
+
+def test_retry_policy() -> None:
+    r = StepRetry(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=0.3)
+    assert [r.backoff(a) for a in (1, 2, 3)] == [0.1, 0.2, 0.3]
+    assert r.should_retry(1, "timeout", False) and r.should_retry(2, "handler_error", True)
+    assert not r.should_retry(3, "timeout", True)
+    assert not StepRetry(max_attempts=3, retry_retryable=False).should_retry(1, "handler_error", True)
+
+
+def test_find_cycle_none_for_dag() -> None:
+    assert find_cycle({"a": set(), "b": {"a"}, "c": {"a", "b"}}) is None
+
+
+def test_builder() -> None:
+    wf = Workflow("diamond")
+    a = wf.step("a", "echo", {"message": Workflow.input("text")})
+    b = wf.step("b", "fib", {"n": 5}, depends_on=[a])
+    c = wf.step("c", "echo", {"message": a.result("message")})
+    wf.step("d", "echo", {"message": "done"}, depends_on=[b, c], retry={"max_attempts": 2})
+    wf.output({"fib": b.result("value")})
+    spec = wf.build(KNOWN)
+    assert spec.dependencies()["d"] == {"b", "c"} and spec.step("d").retry.max_attempts == 2
+    bad = Workflow("bad")
+    bad.step("a", "nope")
+    with pytest.raises(WorkflowError, match="step 'a': unknown task type 'nope'"):
+        bad.build(KNOWN)
+
+
+def test_loader_reads_definitions_files_and_modules(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "wf.yaml"
+    f.write_text("workflows:\n  - name: from_file\n    steps:\n      - {name: s, task_type: echo, input: {message: hi}}\n")
+    cfg = WorkflowsConfig(
+        definitions=[{"name": "inline", "steps": [{"name": "s", "task_type": "fib", "input": {"n": 1}}]}],
+        files=[str(f)],
+        modules=["serve_app.examples.workflows"],
+    )
+    specs = load_workflows(cfg, {"echo", "fib", "sleep"})
+    assert set(specs) == {"inline", "from_file", "fanout", "fib_chain"}
+
+
+def test_loader_reports_schema_problems_with_origin() -> None:
+    cfg = WorkflowsConfig(definitions=[{"name": "w", "steps": [{"name": "s"}]}])
+    with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0.task_type: Field required"):
+        load_workflows(cfg, KNOWN)
