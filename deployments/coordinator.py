@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from deployments.ray_calls import await_response, replica_identity
+from deployments.serve_metrics import ServeMetricsObserver
 from serve_app import grpc_api, tracing
 from serve_app.config import AppConfig, pool_deployment_name
 from serve_app.dispatch import Dispatcher, ReadinessBoard
@@ -19,6 +20,7 @@ from serve_app.http_api import build_http_app
 from serve_app.loops import PeriodicTask
 from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
+from serve_app.telemetry import FanOut, TaskStats
 from serve_app.workflow.api import RunService
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import WorkflowSpec
@@ -52,7 +54,11 @@ class Coordinator:
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
-        self._dispatcher = Dispatcher(self._config, self._readiness, self._call_pool)
+        self._stats = TaskStats()
+        self._prometheus = ServeMetricsObserver()
+        self._dispatcher = Dispatcher(
+            self._config, self._readiness, self._call_pool, observer=FanOut([self._stats, self._prometheus])
+        )
         wf = self._config.workflows
         self._store = await asyncio.to_thread(open_store, wf.store, wf.store_path)
         self._engine = RunEngine(
@@ -85,28 +91,33 @@ class Coordinator:
     async def _workflow_tick(self) -> None:
         await self._engine.renew_leases()
         await self._engine.resume()
+        self._prometheus.active_runs(len(self._engine.active_runs))
 
     # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
     async def SubmitTask(self, request: pb.TaskRequest, grpc_context: Any = None) -> pb.TaskResult:
-        body = grpc_api.submit_task(
-            self._dispatcher, request, grpc_context, max_payload_bytes=self._config.max_body_bytes
-        )
-        return await grpc_api.guarded(body, grpc_context, pb.TaskResult())
+        def body() -> Any:
+            return grpc_api.submit_task(
+                self._dispatcher, request, grpc_context, max_payload_bytes=self._config.max_body_bytes
+            )
+
+        return await grpc_api.guarded("SubmitTask", body, grpc_context, pb.TaskResult())
 
     async def GetStatus(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusReply:
-        return await grpc_api.guarded(grpc_api.get_status(self.get_status, grpc_context), grpc_context, pb.StatusReply())
+        return await grpc_api.guarded(
+            "GetStatus", lambda: grpc_api.get_status(self.get_status, grpc_context), grpc_context, pb.StatusReply()
+        )
 
     async def StartRun(self, request: pb.StartRunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run(grpc_api.start_run(self._runs, request, grpc_context), grpc_context)
+        return await grpc_api.guarded_run("StartRun", lambda: grpc_api.start_run(self._runs, request, grpc_context), grpc_context)
 
     async def GetRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run(grpc_api.get_run(self._runs, request, grpc_context), grpc_context)
+        return await grpc_api.guarded_run("GetRun", lambda: grpc_api.get_run(self._runs, request, grpc_context), grpc_context)
 
     async def CancelRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run(grpc_api.cancel_run(self._runs, request, grpc_context), grpc_context)
+        return await grpc_api.guarded_run("CancelRun", lambda: grpc_api.cancel_run(self._runs, request, grpc_context), grpc_context)
 
     async def ListRuns(self, request: pb.ListRunsRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run(grpc_api.list_runs(self._runs, request, grpc_context), grpc_context)
+        return await grpc_api.guarded_run("ListRuns", lambda: grpc_api.list_runs(self._runs, request, grpc_context), grpc_context)
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))
@@ -158,9 +169,22 @@ class Coordinator:
                 "deployments": {},
             }
         rolled["components"]["Coordinator"] = own.model_dump(mode="json")
+        rolled["tasks"] = self._stats.snapshot()
+        rolled["resources"] = await self._resources()
         if own.status is not HealthState.HEALTHY and rolled["status"] == HealthState.HEALTHY.value:
             rolled["status"] = HealthState.DEGRADED.value
         return rolled
+
+    async def _resources(self) -> dict[str, Any]:
+        try:
+            return dict(
+                await asyncio.wait_for(
+                    await_response(self._manager.get_metrics.remote(), target="OrganismManager"),
+                    self._config.probe_timeout_s,
+                )
+            )
+        except Exception as exc:
+            return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
 
     async def check_health(self) -> None:
         problem = self._refresh.problem() or self._workflow_loop.problem()

@@ -55,21 +55,14 @@ class HandlerWorker:
     async def run(self, item: dict[str, Any]) -> dict[str, Any]:
         """Run one task; handler failures come back in the envelope, never as exceptions."""
         work = WorkItem.model_validate(item)
-        with tracing.start_span(
-            f"Handler:{work.task_type}",
-            attributes={"serveflow.pool": self._pool, "serveflow.task_id": work.task_id},
-            carrier=work.trace_context,
-        ) as span:
-            if self._runner is None:
-                result = TaskResult.failure(
-                    Unavailable(f"pool {self._pool!r} cannot run tasks: {self._load_error}"),
-                    task_id=work.task_id,
-                    task_type=work.task_type,
-                )
-            else:
-                result = await self._runner.run(work)
-            if result.error is not None:
-                span.set_attribute("serveflow.error_code", result.error.code)
+        if self._runner is None:
+            result = TaskResult.failure(
+                Unavailable(f"pool {self._pool!r} cannot run tasks: {self._load_error}"),
+                task_id=work.task_id,
+                task_type=work.task_type,
+            )
+        else:
+            result = await self._runner.run(work, attributes={"serveflow.pool": self._pool})
         return result.model_dump(mode="json")
 
     async def get_status(self) -> dict[str, Any]:

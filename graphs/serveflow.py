@@ -22,7 +22,7 @@ def build_app(args: dict[str, Any]) -> Application:
     naming the field (visible in ``serve status``).
     """
     config = AppConfig.from_args(args)
-    exporter = Settings.from_env().trace_exporter
+    exporter = Settings.from_env().trace_exporter or config.tracing.exporter
     raw = config.model_dump(mode="json")
     pools = {
         name: HandlerWorker.options(

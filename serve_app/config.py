@@ -53,11 +53,20 @@ class WorkflowsConfig(_Strict):
     )
 
 
+class TracingConfig(_Strict):
+    exporter: str = Field(
+        "none",
+        pattern=r"^(none|console|otlp|file:.+)$",
+        description="none | console | otlp | file:/path (JSON lines); env SERVEFLOW_TRACE_EXPORTER overrides.",
+    )
+
+
 class AppConfig(_Strict):
     """Top-level application arguments."""
 
     pools: dict[str, PoolConfig] = Field(min_length=1)
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     max_timeout_s: float = Field(300.0, gt=0, le=3600, description="Upper bound for any task deadline.")
     timeout_grace_s: float = Field(2.0, ge=0, description="Extra time the Coordinator waits beyond a handler deadline.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")

@@ -17,6 +17,7 @@ from serve_app.config import AppConfig
 from serve_app.error_mapping import classify
 from serve_app.errors import NotReady, TaskTimeout, UnknownTaskType
 from serve_app.models import TaskRequest, TaskResult, WorkItem
+from serve_app.telemetry import TaskObserver
 
 PoolCaller = Callable[[str, WorkItem], Awaitable[TaskResult]]
 Clock = Callable[[], float]
@@ -72,11 +73,19 @@ class ReadinessBoard:
 class Dispatcher:
     """Validates, routes and runs one task; always produces an envelope."""
 
-    def __init__(self, config: AppConfig, readiness: ReadinessBoard, call_pool: PoolCaller) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        readiness: ReadinessBoard,
+        call_pool: PoolCaller,
+        *,
+        observer: TaskObserver | None = None,
+    ) -> None:
         self._config = config
         self._routes = config.routes()
         self._readiness = readiness
         self._call_pool = call_pool
+        self._observer = observer
 
     @property
     def task_types(self) -> dict[str, str]:
@@ -107,6 +116,9 @@ class Dispatcher:
         result.task_type = req.task_type
         result.trace_id = trace_id
         result.duration_ms = (time.perf_counter() - started) * 1000.0
+        if self._observer is not None:
+            outcome = "success" if result.error is None else result.error.code
+            self._observer.finished(req.task_type, outcome, result.duration_ms)
         return result
 
     async def _run(self, req: TaskRequest, task_id: str) -> TaskResult:
@@ -124,6 +136,8 @@ class Dispatcher:
             timeout_s=deadline,
             trace_context=tracing.inject(),
         )
+        if self._observer is not None:
+            self._observer.inflight(pool, +1)
         try:
             return await asyncio.wait_for(self._call_pool(pool, item), deadline + self._config.timeout_grace_s)
         except asyncio.TimeoutError as exc:
@@ -132,3 +146,6 @@ class Dispatcher:
             raise TaskTimeout(
                 f"no answer from pool {pool!r} within {deadline:g}s", details={"pool": pool, "timeout_s": deadline}
             ) from exc
+        finally:
+            if self._observer is not None:
+                self._observer.inflight(pool, -1)

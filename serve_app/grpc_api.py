@@ -201,19 +201,29 @@ async def get_status(status: Callable[[], Awaitable[dict[str, Any]]], context: S
     return pb.StatusReply(status=str(doc.get("status", "")), status_json=json.dumps(doc))
 
 
-async def guarded(call: Awaitable[Any], context: ServerContext | None, empty: Any) -> Any:
-    """Run an RPC body; anything unexpected becomes an ``internal`` envelope, never a traceback."""
-    try:
-        return await call
-    except Exception as exc:
-        trace_id = tracing.trace_id_hex()
-        respond(TaskResult.failure(classify(exc, trace_id=trace_id), trace_id=trace_id), context)
-        return empty
+def _carrier(context: Any) -> dict[str, str]:
+    """Incoming metadata (traceparent...) of the call, for trace propagation."""
+    metadata = getattr(context, "invocation_metadata", None)
+    if metadata is None:
+        return {}
+    return {str(k): v for k, v in metadata() if isinstance(v, str)}
 
 
-async def guarded_run(call: Awaitable[pb.RunReply], context: ServerContext | None) -> pb.RunReply:
+async def guarded(name: str, call: Callable[[], Awaitable[Any]], context: ServerContext | None, empty: Any) -> Any:
+    """Run an RPC body in its span; anything unexpected becomes an ``internal`` envelope, never a traceback."""
+    with tracing.start_span(f"gRPC {name}", carrier=_carrier(context)):
+        try:
+            return await call()
+        except Exception as exc:
+            trace_id = tracing.trace_id_hex()
+            respond(TaskResult.failure(classify(exc, trace_id=trace_id), trace_id=trace_id), context)
+            return empty
+
+
+async def guarded_run(name: str, call: Callable[[], Awaitable[pb.RunReply]], context: ServerContext | None) -> pb.RunReply:
     """As :func:`guarded`, for run RPCs: errors become a RunResult envelope."""
-    try:
-        return await call
-    except Exception as exc:
-        return respond_run(RunResult.failure(classify(exc, trace_id=tracing.trace_id_hex())), context)
+    with tracing.start_span(f"gRPC {name}", carrier=_carrier(context)):
+        try:
+            return await call()
+        except Exception as exc:
+            return respond_run(RunResult.failure(classify(exc, trace_id=tracing.trace_id_hex())), context)

@@ -59,10 +59,14 @@ def guarded(endpoint: Endpoint, envelope: type[Envelope] = TaskResult) -> Endpoi
     """Turn anything an endpoint raises into an envelope (one trace id, no traceback)."""
 
     async def wrapper(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except Exception as exc:
-            return error_response(classify(exc, trace_id=tracing.trace_id_hex()), envelope)
+        route = request.scope.get("route")
+        name = f"HTTP {request.method} {getattr(route, 'path', request.url.path)}"
+        # A caller's W3C traceparent header makes this request part of its trace.
+        with tracing.start_span(name, carrier=dict(request.headers)):
+            try:
+                return await endpoint(request)
+            except Exception as exc:
+                return error_response(classify(exc, trace_id=tracing.trace_id_hex()), envelope)
 
     wrapper.__name__ = endpoint.__name__
     wrapper.__doc__ = endpoint.__doc__

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from serve_app import tracing
 from serve_app.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed
 from serve_app.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
 from serve_app.models import TaskResult, WorkItem
@@ -62,16 +63,25 @@ class HandlerRunner:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, item: WorkItem) -> TaskResult:
-        """Run ``item``; always returns an envelope, never raises for handler faults."""
+    async def run(self, item: WorkItem, *, attributes: dict[str, Any] | None = None) -> TaskResult:
+        """Run ``item``; always returns an envelope, never raises for handler faults.
+
+        The ``Handler:{type}`` span continues the trace carried in ``item.trace_context``.
+        """
         started = time.perf_counter()
-        try:
-            value = await self._call(item)
-            result = TaskResult(task_id=item.task_id, task_type=item.task_type, success=True, result=value)
-            self.completed += 1
-        except ServeflowError as err:
-            self.failed += 1
-            result = TaskResult.failure(err, task_id=item.task_id, task_type=item.task_type)
+        with tracing.start_span(
+            f"Handler:{item.task_type}",
+            attributes={"serveflow.task_id": item.task_id, **(attributes or {})},
+            carrier=item.trace_context,
+        ) as span:
+            try:
+                value = await self._call(item)
+                result = TaskResult(task_id=item.task_id, task_type=item.task_type, success=True, result=value)
+                self.completed += 1
+            except ServeflowError as err:
+                self.failed += 1
+                tracing.record_error(span, err)
+                result = TaskResult.failure(err, task_id=item.task_id, task_type=item.task_type)
         result.duration_ms = (time.perf_counter() - started) * 1000.0
         return result
 

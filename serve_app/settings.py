@@ -14,7 +14,7 @@ class Settings:
     ray_address: str | None
     ray_namespace: str
     serveflow_url: str
-    trace_exporter: str
+    trace_exporter: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -23,5 +23,5 @@ class Settings:
             ray_address=env.get("RAY_ADDRESS") or None,
             ray_namespace=env.get("RAY_NAMESPACE") or "serveflow",
             serveflow_url=(env.get("SERVEFLOW_URL") or "http://127.0.0.1:8000").rstrip("/"),
-            trace_exporter=(env.get("SERVEFLOW_TRACE_EXPORTER") or "none").lower(),
+            trace_exporter=env.get("SERVEFLOW_TRACE_EXPORTER") or None,
         )

@@ -61,22 +61,24 @@ def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_byte
 
     class LocalTaskServicer(pb_grpc.TaskServiceServicer):
         async def SubmitTask(self, request: Any, context: Any) -> Any:
-            body = grpc_api.submit_task(dispatcher, request, context, max_payload_bytes=max_payload_bytes)
-            return await grpc_api.guarded(body, context, pb.TaskResult())
+            def body() -> Any:
+                return grpc_api.submit_task(dispatcher, request, context, max_payload_bytes=max_payload_bytes)
+
+            return await grpc_api.guarded("SubmitTask", body, context, pb.TaskResult())
 
         async def GetStatus(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded(grpc_api.get_status(status, context), context, pb.StatusReply())
+            return await grpc_api.guarded("GetStatus", lambda: grpc_api.get_status(status, context), context, pb.StatusReply())
 
         async def StartRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run(grpc_api.start_run(runs, request, context), context)
+            return await grpc_api.guarded_run("StartRun", lambda: grpc_api.start_run(runs, request, context), context)
 
         async def GetRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run(grpc_api.get_run(runs, request, context), context)
+            return await grpc_api.guarded_run("GetRun", lambda: grpc_api.get_run(runs, request, context), context)
 
         async def CancelRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run(grpc_api.cancel_run(runs, request, context), context)
+            return await grpc_api.guarded_run("CancelRun", lambda: grpc_api.cancel_run(runs, request, context), context)
 
         async def ListRuns(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run(grpc_api.list_runs(runs, request, context), context)
+            return await grpc_api.guarded_run("ListRuns", lambda: grpc_api.list_runs(runs, request, context), context)
 
     return LocalTaskServicer()

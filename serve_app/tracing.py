@@ -8,13 +8,21 @@ time); everything else uses :func:`start_span`, :func:`inject` and
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace import Span, Status, StatusCode
 
 from serve_app.errors import ServeflowError
@@ -23,24 +31,90 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 
 
+class JsonLinesExporter(SpanExporter):
+    """Appends one JSON object per span to a file (every process of the app may share it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            parent = span.parent
+            lines.append(
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "trace_id": format(ctx.trace_id, "032x"),
+                        "span_id": format(ctx.span_id, "016x"),
+                        "parent_id": format(parent.span_id, "016x") if parent else None,
+                        "start_ns": span.start_time,
+                        "end_ns": span.end_time,
+                        "status": span.status.status_code.name,
+                        "attributes": {k: v for k, v in (span.attributes or {}).items()},
+                    },
+                    default=str,
+                )
+            )
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _processor_for(exporter: str) -> SpanProcessor | None:
+    if exporter == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return BatchSpanProcessor(OTLPSpanExporter())
+    if exporter.startswith("file:"):
+        return SimpleSpanProcessor(JsonLinesExporter(exporter[len("file:") :]))
+    if exporter in ("", "none"):
+        return None
+    raise ValueError(f"unknown trace exporter {exporter!r} (none, console, otlp, file:/path)")
+
+
+def _install_log_trace_ids() -> None:
+    """Prefix serveflow's log records with the current trace id (``[trace_id=...]``)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_serveflow", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.name.startswith("serveflow"):
+            tid = trace_id_hex()
+            record.trace_id = tid or "-"
+            if tid:
+                record.msg = f"[trace_id={tid}] {record.msg}"
+        return record
+
+    factory._serveflow = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def configure(exporter: str = "none", *, extra_processor: SpanProcessor | None = None) -> TracerProvider:
     """Install the SDK tracer provider once per process.
 
-    ``exporter``: ``none`` (ids only, nothing exported), ``console``, or ``otlp``
+    ``exporter``: ``none`` (ids only, nothing exported), ``console``, ``otlp``
     (needs ``opentelemetry-exporter-otlp``; endpoint from the standard
-    ``OTEL_EXPORTER_OTLP_*`` variables).
+    ``OTEL_EXPORTER_OTLP_*`` variables) or ``file:/path`` (JSON lines).
     """
     global _provider
     with _lock:
         if _provider is None:
             _provider = TracerProvider()
-            if exporter == "console":
-                _provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-            elif exporter == "otlp":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-                _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            processor = _processor_for(exporter)
+            if processor is not None:
+                _provider.add_span_processor(processor)
             trace.set_tracer_provider(_provider)
+            _install_log_trace_ids()
         if extra_processor is not None:
             _provider.add_span_processor(extra_processor)
         return _provider

@@ -102,17 +102,35 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
     from graphs.serveflow import build_app
 
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     # Logical CPUs: replicas ask for fractions; this is a scheduling budget, not real cores.
-    connect(address="local", num_cpus=8, include_dashboard=False, namespace="serveflow-tests", log_to_driver=False)
+    connect(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        namespace="serveflow-tests",
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     serve.start(
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     )
     store_path = str(tmp_path_factory.mktemp("store") / "runs.sqlite3")
-    args = {**APP_ARGS, "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS}}
+    spans_path = str(tmp_path_factory.mktemp("traces") / "spans.jsonl")
+    args = {
+        **APP_ARGS,
+        "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS},
+        "tracing": {"exporter": f"file:{spans_path}"},
+    }
     serve.run(build_app(args), name="serveflow", route_prefix="/")
-    info = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "store_path": store_path}
+    info = {
+        "http": f"http://127.0.0.1:{http_port}",
+        "grpc": f"127.0.0.1:{grpc_port}",
+        "store_path": store_path,
+        "spans_path": spans_path,
+        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+    }
     with httpx.Client(base_url=info["http"], timeout=10) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, what="serveflow /readyz")
     try:

@@ -1,0 +1,168 @@
+"""``serveflow`` command line: talks to a running app over HTTP.
+
+    serveflow status                 # health table; exit 0 healthy, 1 degraded, 2 unhealthy/unreachable
+    serveflow submit echo --payload '{"message": "hi"}'
+    serveflow run-workflow fanout --input '{"seconds": 1}' --wait
+    serveflow get-run RUN_ID | cancel-run RUN_ID | list-runs | workflows
+
+The base URL comes from ``--url`` or ``SERVEFLOW_URL`` (default http://127.0.0.1:8000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Sequence, TextIO
+
+import httpx
+
+from serve_app.settings import Settings
+
+EXIT_OK, EXIT_DEGRADED, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2, 64
+
+
+def _ago(since: float | None, now: float) -> str:
+    if not since:
+        return "-"
+    secs = max(0, int(now - since))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+def _replicas(doc: dict[str, Any], deployment: str) -> str:
+    states = (doc.get("deployments") or {}).get(deployment, {}).get("replica_states") or {}
+    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "-"
+
+
+def render_status(doc: dict[str, Any], *, url: str, now: float | None = None) -> str:
+    """A readable health table of the /v1/status document."""
+    now = time.time() if now is None else now
+    rows = [("COMPONENT", "KIND", "STATUS", "REPLICAS", "SINCE", "ERROR")]
+    for name, comp in sorted((doc.get("components") or {}).items()):
+        rows.append((name, "component", comp.get("status", "?"), _replicas(doc, name), _ago(comp.get("since"), now), comp.get("error") or ""))
+    for name, pool in sorted((doc.get("pools") or {}).items()):
+        dep = pool.get("deployment", name)
+        rows.append((name, "pool", pool.get("status", "?"), _replicas(doc, dep), _ago(pool.get("since"), now), pool.get("error") or ""))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = [f"serveflow at {url}: {doc.get('status', 'unknown')}"]
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + str(r[5])[:160])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def status_exit_code(doc: dict[str, Any]) -> int:
+    state = doc.get("status")
+    if state == "healthy":
+        return EXIT_OK
+    if state == "degraded":
+        return EXIT_DEGRADED
+    return EXIT_UNHEALTHY
+
+
+def _json_arg(raw: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SystemExit(f"serveflow: {what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"serveflow: {what} must be a JSON object")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings = Settings.from_env()
+    p = argparse.ArgumentParser(prog="serveflow", description="Talk to a running serveflow app over HTTP.")
+    p.add_argument("--url", default=settings.serveflow_url, help="base URL (env SERVEFLOW_URL)")
+    p.add_argument("--timeout", type=float, default=330.0, help="HTTP timeout in seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="health of every deployment and pool")
+    st.add_argument("--json", action="store_true", help="print the raw status document")
+    sm = sub.add_parser("submit", help="run one task and print its envelope")
+    sm.add_argument("task_type")
+    sm.add_argument("--payload", default="{}", help="JSON object")
+    sm.add_argument("--task-id")
+    sm.add_argument("--task-timeout", type=float, help="handler deadline in seconds")
+    rw = sub.add_parser("run-workflow", help="start a workflow run")
+    rw.add_argument("workflow")
+    rw.add_argument("--input", default="{}", help="JSON object")
+    rw.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    rw.add_argument("--wait-timeout", type=float, default=60.0)
+    rw.add_argument("--idempotency-key")
+    for name in ("get-run", "cancel-run"):
+        sub.add_parser(name).add_argument("run_id")
+    lr = sub.add_parser("list-runs", help="recent runs, newest first")
+    lr.add_argument("--status")
+    lr.add_argument("--workflow")
+    lr.add_argument("--limit", type=int, default=20)
+    sub.add_parser("workflows", help="list workflow definitions")
+    return p
+
+
+def _print(out: TextIO, doc: Any) -> None:
+    out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def _envelope_exit(doc: dict[str, Any]) -> int:
+    return EXIT_OK if doc.get("success") else EXIT_DEGRADED
+
+
+def run(argv: Sequence[str], *, client_factory: Callable[[str, float], httpx.Client] | None = None, out: TextIO = sys.stdout) -> int:
+    """Run the CLI; returns the exit code (``client_factory`` lets tests inject a transport)."""
+    args = _parser().parse_args(argv)
+    factory = client_factory or (lambda url, timeout: httpx.Client(base_url=url, timeout=timeout))
+    try:
+        with factory(args.url, args.timeout) as http:
+            return _dispatch(args, http, out)
+    except httpx.HTTPError as exc:
+        out.write(f"serveflow at {args.url}: unreachable ({type(exc).__name__}: {exc})\n")
+        return EXIT_UNHEALTHY
+
+
+def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
+    if args.command == "status":
+        doc = http.get("/v1/status").json()
+        if "error" in doc and "status" not in doc:  # an error envelope, not a status document
+            _print(out, doc)
+            return EXIT_UNHEALTHY
+        out.write((json.dumps(doc, indent=2) if args.json else render_status(doc, url=args.url)) + "\n")
+        return status_exit_code(doc)
+    if args.command == "submit":
+        body: dict[str, Any] = {"task_type": args.task_type, "payload": _json_arg(args.payload, "--payload")}
+        if args.task_id:
+            body["task_id"] = args.task_id
+        if args.task_timeout:
+            body["timeout_s"] = args.task_timeout
+        doc = http.post("/v1/tasks", json=body).json()
+    elif args.command == "run-workflow":
+        body = {"input": _json_arg(args.input, "--input"), "wait": args.wait, "wait_timeout_s": args.wait_timeout}
+        if args.idempotency_key:
+            body["idempotency_key"] = args.idempotency_key
+        doc = http.post(f"/v1/workflows/{args.workflow}/runs", json=body).json()
+        _print(out, doc)
+        run = doc.get("run") or {}
+        return EXIT_OK if doc.get("success") and run.get("status") not in ("failed", "cancelled") else EXIT_DEGRADED
+    elif args.command == "get-run":
+        doc = http.get(f"/v1/runs/{args.run_id}").json()
+    elif args.command == "cancel-run":
+        doc = http.post(f"/v1/runs/{args.run_id}/cancel").json()
+    elif args.command == "list-runs":
+        params = {k: v for k, v in {"status": args.status, "workflow": args.workflow, "limit": args.limit}.items() if v}
+        doc = http.get("/v1/runs", params=params).json()
+    else:  # workflows
+        doc = http.get("/v1/workflows").json()
+        _print(out, doc)
+        return EXIT_OK
+    _print(out, doc)
+    return _envelope_exit(doc)
+
+
+def main() -> None:
+    raise SystemExit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
