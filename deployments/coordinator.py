@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from deployments.ray_calls import await_response, replica_identity
 from deployments.serve_metrics import ServeMetricsObserver
 from serve_app import grpc_api, tracing
+from serve_app.auth import BearerAuth
 from serve_app.config import AppConfig, pool_deployment_name
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.http_api import build_http_app
@@ -46,6 +47,7 @@ class Coordinator:
         pools: dict[str, DeploymentHandle],
         workflows: dict[str, dict[str, Any]] | None = None,
         trace_exporter: str = "none",
+        auth_token: str | None = None,
     ) -> None:
         tracing.configure(trace_exporter)
         self._config = AppConfig.from_args(config)
@@ -69,6 +71,10 @@ class Coordinator:
             lease_s=wf.lease_s,
         )
         self._runs = RunService(self._engine)
+        self._auth = BearerAuth(auth_token)
+        self._grpc = grpc_api.GrpcIngress(
+            self._dispatcher, self.get_status, max_payload_bytes=self._config.max_body_bytes, runs=self._runs, auth=self._auth
+        )
         # Renew our leases and claim runs whose owner is gone (e.g. a replica that died).
         self._workflow_loop = PeriodicTask(
             "workflow-leases", self._workflow_tick, wf.lease_s / 3, stall_after_s=max(30.0, 3 * wf.lease_s)
@@ -86,6 +92,7 @@ class Coordinator:
             self.get_status,
             max_body_bytes=self._config.max_body_bytes,
             runs=self._runs,
+            auth=self._auth,
         )
 
     async def _workflow_tick(self) -> None:
@@ -94,30 +101,23 @@ class Coordinator:
         self._prometheus.active_runs(len(self._engine.active_runs))
 
     # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
-    async def SubmitTask(self, request: pb.TaskRequest, grpc_context: Any = None) -> pb.TaskResult:
-        def body() -> Any:
-            return grpc_api.submit_task(
-                self._dispatcher, request, grpc_context, max_payload_bytes=self._config.max_body_bytes
-            )
+    async def SubmitTask(self, request: Any, grpc_context: Any = None) -> pb.TaskResult:
+        return await self._grpc.submit_task(request, grpc_context)
 
-        return await grpc_api.guarded("SubmitTask", body, grpc_context, pb.TaskResult())
+    async def GetStatus(self, request: Any, grpc_context: Any = None) -> pb.StatusReply:
+        return await self._grpc.get_status(request, grpc_context)
 
-    async def GetStatus(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusReply:
-        return await grpc_api.guarded(
-            "GetStatus", lambda: grpc_api.get_status(self.get_status, grpc_context), grpc_context, pb.StatusReply()
-        )
+    async def StartRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
+        return await self._grpc.start_run(request, grpc_context)
 
-    async def StartRun(self, request: pb.StartRunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run("StartRun", lambda: grpc_api.start_run(self._runs, request, grpc_context), grpc_context)
+    async def GetRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
+        return await self._grpc.get_run(request, grpc_context)
 
-    async def GetRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run("GetRun", lambda: grpc_api.get_run(self._runs, request, grpc_context), grpc_context)
+    async def CancelRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
+        return await self._grpc.cancel_run(request, grpc_context)
 
-    async def CancelRun(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run("CancelRun", lambda: grpc_api.cancel_run(self._runs, request, grpc_context), grpc_context)
-
-    async def ListRuns(self, request: pb.ListRunsRequest, grpc_context: Any = None) -> pb.RunReply:
-        return await grpc_api.guarded_run("ListRuns", lambda: grpc_api.list_runs(self._runs, request, grpc_context), grpc_context)
+    async def ListRuns(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
+        return await self._grpc.list_runs(request, grpc_context)
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))

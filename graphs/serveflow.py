@@ -22,7 +22,9 @@ def build_app(args: dict[str, Any]) -> Application:
     naming the field (visible in ``serve status``).
     """
     config = AppConfig.from_args(args)
-    exporter = Settings.from_env().trace_exporter or config.tracing.exporter
+    settings = Settings.from_env()
+    exporter = settings.trace_exporter or config.tracing.exporter
+    auth_token = settings.auth_token or config.auth_token
     raw = config.model_dump(mode="json")
     pools = {
         name: HandlerWorker.options(
@@ -40,5 +42,5 @@ def build_app(args: dict[str, Any]) -> Application:
     workflows = load_workflows(config.workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
     return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(
-        raw, manager, pools, specs, exporter
+        raw, manager, pools, specs, exporter, auth_token
     )

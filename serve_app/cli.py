@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serveflow", description="Talk to a running serveflow app over HTTP.")
     p.add_argument("--url", default=settings.serveflow_url, help="base URL (env SERVEFLOW_URL)")
     p.add_argument("--timeout", type=float, default=330.0, help="HTTP timeout in seconds")
+    p.add_argument("--token", default=settings.auth_token, help="bearer token (env SERVEFLOW_AUTH_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="health of every deployment and pool")
     st.add_argument("--json", action="store_true", help="print the raw status document")
@@ -99,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     lr.add_argument("--workflow")
     lr.add_argument("--limit", type=int, default=20)
     sub.add_parser("workflows", help="list workflow definitions")
+    ld = sub.add_parser("load", help="send bounded load and print a summary")
+    ld.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ld.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port of the gRPC proxy")
+    ld.add_argument("--task-type", default="echo")
+    ld.add_argument("--payload", default='{"message": "load"}', help="JSON object")
+    ld.add_argument("--count", type=int, default=100, help="requests in all (ignored with --continuous)")
+    ld.add_argument("--continuous", action="store_true", help="send until --duration is up")
+    ld.add_argument("--interval", type=float, default=0.1, help="pause per worker between requests (--continuous)")
+    ld.add_argument("--workers", type=int, default=4)
+    ld.add_argument("--duration", type=float, default=60.0, help="hard stop in seconds")
+    ld.add_argument("--request-timeout", type=float, default=30.0, help="a request without an answer by then is 'hung'")
+    ld.add_argument("--task-timeout", type=float)
+    ld.add_argument("--idempotent", action="store_true", help="let the server re-send tasks whose replica died")
     return p
 
 
@@ -113,7 +127,10 @@ def _envelope_exit(doc: dict[str, Any]) -> int:
 def run(argv: Sequence[str], *, client_factory: Callable[[str, float], httpx.Client] | None = None, out: TextIO = sys.stdout) -> int:
     """Run the CLI; returns the exit code (``client_factory`` lets tests inject a transport)."""
     args = _parser().parse_args(argv)
-    factory = client_factory or (lambda url, timeout: httpx.Client(base_url=url, timeout=timeout))
+    if args.command == "load":
+        return _load(args, out)
+    headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
+    factory = client_factory or (lambda url, timeout: httpx.Client(base_url=url, timeout=timeout, headers=headers))
     try:
         with factory(args.url, args.timeout) as http:
             return _dispatch(args, http, out)
@@ -158,6 +175,34 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
         return EXIT_OK
     _print(out, doc)
     return _envelope_exit(doc)
+
+
+def _load(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
+    from serve_app.load import LoadConfig, progress_bar, run_load
+
+    if not 1 <= args.workers <= 1024 or args.duration <= 0:
+        raise SystemExit("serveflow: --workers must be 1..1024 and --duration positive")
+    cfg = LoadConfig(
+        target=args.url if args.protocol == "http" else args.grpc_target,
+        protocol=args.protocol,
+        task_type=args.task_type,
+        payload=_json_arg(args.payload, "--payload"),
+        count=None if args.continuous else args.count,
+        continuous=args.continuous,
+        interval_s=args.interval,
+        workers=args.workers,
+        duration_s=args.duration,
+        request_timeout_s=args.request_timeout,
+        task_timeout_s=args.task_timeout,
+        idempotent=args.idempotent,
+        token=args.token,
+    )
+    report = asyncio.run(run_load(cfg, progress=progress_bar(cfg.count, sys.stderr)))
+    sys.stderr.write("\n")
+    _print(out, report.summary())
+    return EXIT_OK if report.lost == 0 and report.hung == 0 and not report.transport else EXIT_DEGRADED
 
 
 def main() -> None:

@@ -139,13 +139,19 @@ class _Base:
         self._metadata = tuple(metadata)
 
     def _request(
-        self, task_type: str, payload: dict[str, Any] | None, task_id: str | None, timeout_s: float | None
+        self,
+        task_type: str,
+        payload: dict[str, Any] | None,
+        task_id: str | None,
+        timeout_s: float | None,
+        idempotent: bool = False,
     ) -> tuple[pb.TaskRequest, float]:
         req = pb.TaskRequest(
             task_type=task_type,
             payload_json=json.dumps(payload or {}),
             task_id=task_id or uuid.uuid4().hex,  # one id across retries
             timeout_s=timeout_s or 0.0,
+            idempotent=idempotent,
         )
         # The server answers a handler timeout with a structured envelope; give it time to.
         deadline = timeout_s + self._grace if timeout_s else self._default_deadline
@@ -168,9 +174,13 @@ class ServeflowClient(_Base):
         *,
         task_id: str | None = None,
         timeout_s: float | None = None,
+        idempotent: bool = False,
     ) -> TaskResult:
-        """Run one task; returns its envelope (after retrying retryable failures)."""
-        req, deadline = self._request(task_type, payload, task_id, timeout_s)
+        """Run one task; returns its envelope (after retrying retryable failures).
+
+        ``idempotent=True`` also lets the server re-send the task if its replica dies.
+        """
+        req, deadline = self._request(task_type, payload, task_id, timeout_s, idempotent)
         attempt = 0
         while True:
             attempt += 1
@@ -245,8 +255,9 @@ class AsyncServeflowClient(_Base):
         *,
         task_id: str | None = None,
         timeout_s: float | None = None,
+        idempotent: bool = False,
     ) -> TaskResult:
-        req, deadline = self._request(task_type, payload, task_id, timeout_s)
+        req, deadline = self._request(task_type, payload, task_id, timeout_s, idempotent)
         attempt = 0
         while True:
             attempt += 1

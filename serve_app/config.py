@@ -27,6 +27,9 @@ class PoolConfig(_Strict):
         default_factory=dict, description="Free-form settings handed to the modules' @startup hooks."
     )
     default_timeout_s: float = Field(30.0, gt=0, le=3600, description="Handler deadline when the request sets none.")
+    idempotent_task_types: list[str] = Field(
+        default_factory=list, description="Task types always safe to re-run when a replica dies mid-task."
+    )
     max_stuck_calls: int = Field(
         2,
         ge=1,
@@ -67,8 +70,12 @@ class AppConfig(_Strict):
     pools: dict[str, PoolConfig] = Field(min_length=1)
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    auth_token: str | None = Field(
+        None, min_length=16, description="Bearer token required on /v1/* and gRPC; env SERVEFLOW_AUTH_TOKEN wins."
+    )
     max_timeout_s: float = Field(300.0, gt=0, le=3600, description="Upper bound for any task deadline.")
     timeout_grace_s: float = Field(2.0, ge=0, description="Extra time the Coordinator waits beyond a handler deadline.")
+    idempotent_retries: int = Field(3, ge=0, le=20, description="Re-sends of an idempotent task whose replica died.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
     readiness_poll_s: float = Field(0.5, gt=0, description="How often the Coordinator refreshes pool readiness.")
     probe_interval_s: float = Field(1.0, gt=0, description="How often the OrganismManager probes pools.")

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from serve_app import tracing
 from serve_app.config import AppConfig
 from serve_app.error_mapping import classify
-from serve_app.errors import NotReady, TaskTimeout, UnknownTaskType
+from serve_app.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType
 from serve_app.models import TaskRequest, TaskResult, WorkItem
 from serve_app.telemetry import TaskObserver
 
@@ -121,6 +121,20 @@ class Dispatcher:
             self._observer.finished(req.task_type, outcome, result.duration_ms)
         return result
 
+    def _idempotent(self, pool: str, req: TaskRequest) -> bool:
+        return req.idempotent or req.task_type in self._config.pools[pool].idempotent_task_types
+
+    async def _call_with_retries(self, pool: str, item: WorkItem, retries: int) -> TaskResult:
+        """Call the pool; a task declared idempotent is re-sent when its replica died."""
+        for attempt in range(retries + 1):
+            try:
+                return await self._call_pool(pool, item)
+            except Unavailable:
+                if attempt == retries:
+                    raise
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
+
     async def _run(self, req: TaskRequest, task_id: str) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
@@ -136,10 +150,11 @@ class Dispatcher:
             timeout_s=deadline,
             trace_context=tracing.inject(),
         )
+        retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0
         if self._observer is not None:
             self._observer.inflight(pool, +1)
         try:
-            return await asyncio.wait_for(self._call_pool(pool, item), deadline + self._config.timeout_grace_s)
+            return await asyncio.wait_for(self._call_with_retries(pool, item, retries), deadline + self._config.timeout_grace_s)
         except asyncio.TimeoutError as exc:
             # The worker enforces the deadline itself; reaching here means the
             # replica did not answer at all (blocked loop, lost message).

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from serve_app import tracing
 from serve_app.dispatch import Dispatcher
 from serve_app.error_mapping import classify, grpc_status
-from serve_app.errors import InvalidRequest, PayloadTooLarge, ServeflowError, ValidationFailed
+from serve_app.auth import BearerAuth
+from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge, ServeflowError, ValidationFailed
 from serve_app.models import ErrorInfo, TaskRequest, TaskResult
+from serve_app.grpc_service import MalformedRequest
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.runner import validation_details
 from serve_app.workflow.api import RunResult, RunService, parse_start
@@ -47,6 +49,8 @@ def task_request_from_proto(msg: pb.TaskRequest, *, max_payload_bytes: int) -> T
         fields["task_id"] = msg.task_id
     if msg.timeout_s:
         fields["timeout_s"] = msg.timeout_s
+    if msg.idempotent:
+        fields["idempotent"] = True
     try:
         return TaskRequest.model_validate(fields)
     except ValidationError as exc:
@@ -155,75 +159,106 @@ def respond_run(result: RunResult, context: ServerContext | None) -> pb.RunReply
     return run_to_proto(result)
 
 
-async def start_run(runs: RunService, request: pb.StartRunRequest, context: ServerContext | None) -> pb.RunReply:
-    try:
-        run_input = json.loads(request.input_json) if request.input_json.strip() else {}
-    except ValueError:
-        raise InvalidRequest("input_json is not valid JSON") from None
-    raw: dict[str, Any] = {"input": run_input, "wait": request.wait}
-    if request.idempotency_key:
-        raw["idempotency_key"] = request.idempotency_key
-    if request.wait_timeout_s:
-        raw["wait_timeout_s"] = request.wait_timeout_s
-    return respond_run(await runs.start(request.workflow, parse_start(raw)), context)
-
-
-async def get_run(runs: RunService, request: pb.RunRequest, context: ServerContext | None) -> pb.RunReply:
-    return respond_run(await runs.get(request.run_id), context)
-
-
-async def cancel_run(runs: RunService, request: pb.RunRequest, context: ServerContext | None) -> pb.RunReply:
-    return respond_run(await runs.cancel(request.run_id), context)
-
-
-async def list_runs(runs: RunService, request: pb.ListRunsRequest, context: ServerContext | None) -> pb.RunReply:
-    return respond_run(
-        await runs.list(status=request.status or None, workflow=request.workflow or None, limit=request.limit or 50),
-        context,
-    )
-
-
-async def submit_task(
-    dispatcher: Dispatcher, request: pb.TaskRequest, context: ServerContext | None, *, max_payload_bytes: int
-) -> pb.TaskResult:
-    """The SubmitTask RPC."""
-    try:
-        req = task_request_from_proto(request, max_payload_bytes=max_payload_bytes)
-    except ServeflowError as err:
-        # As over HTTP: a request that never parsed has no task id or type.
-        return respond(TaskResult.failure(err), context)
-    return respond(await dispatcher.submit(req), context)
-
-
-async def get_status(status: Callable[[], Awaitable[dict[str, Any]]], context: ServerContext | None) -> pb.StatusReply:
-    """The GetStatus RPC."""
-    doc = await status()
-    return pb.StatusReply(status=str(doc.get("status", "")), status_json=json.dumps(doc))
-
-
 def _carrier(context: Any) -> dict[str, str]:
-    """Incoming metadata (traceparent...) of the call, for trace propagation."""
+    """Incoming metadata (traceparent, authorization...) of the call."""
     metadata = getattr(context, "invocation_metadata", None)
     if metadata is None:
         return {}
     return {str(k): v for k, v in metadata() if isinstance(v, str)}
 
 
-async def guarded(name: str, call: Callable[[], Awaitable[Any]], context: ServerContext | None, empty: Any) -> Any:
-    """Run an RPC body in its span; anything unexpected becomes an ``internal`` envelope, never a traceback."""
-    with tracing.start_span(f"gRPC {name}", carrier=_carrier(context)):
-        try:
-            return await call()
-        except Exception as exc:
-            trace_id = tracing.trace_id_hex()
-            respond(TaskResult.failure(classify(exc, trace_id=trace_id), trace_id=trace_id), context)
-            return empty
+class GrpcIngress:
+    """The TaskService RPCs: one span per call, auth, malformed-message check, one error mapping."""
 
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        max_payload_bytes: int,
+        runs: RunService | None = None,
+        auth: BearerAuth | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._status = status
+        self._max_payload = max_payload_bytes
+        self._runs = runs
+        self._auth = auth or BearerAuth(None)
 
-async def guarded_run(name: str, call: Callable[[], Awaitable[pb.RunReply]], context: ServerContext | None) -> pb.RunReply:
-    """As :func:`guarded`, for run RPCs: errors become a RunResult envelope."""
-    with tracing.start_span(f"gRPC {name}", carrier=_carrier(context)):
-        try:
-            return await call()
-        except Exception as exc:
-            return respond_run(RunResult.failure(classify(exc, trace_id=tracing.trace_id_hex())), context)
+    def _admit(self, request: Any, metadata: dict[str, str]) -> None:
+        self._auth.check(metadata.get("authorization"))
+        if isinstance(request, MalformedRequest):
+            raise InvalidRequest(
+                f"request is not a valid {request.message_type} message", details={"bytes": request.size}
+            )
+
+    def _service(self) -> RunService:
+        if self._runs is None:
+            raise NotFound("workflows are not enabled")
+        return self._runs
+
+    async def _task_call(self, name: str, request: Any, context: Any, body: Callable[[], Awaitable[Any]], empty: Any) -> Any:
+        metadata = _carrier(context)
+        with tracing.start_span(f"gRPC {name}", carrier=metadata):
+            try:
+                self._admit(request, metadata)
+                return await body()
+            except Exception as exc:
+                respond(TaskResult.failure(classify(exc, trace_id=tracing.trace_id_hex()), trace_id=tracing.trace_id_hex()), context)
+                return empty
+
+    async def _run_call(self, name: str, request: Any, context: Any, body: Callable[[], Awaitable[RunResult]]) -> pb.RunReply:
+        metadata = _carrier(context)
+        with tracing.start_span(f"gRPC {name}", carrier=metadata):
+            try:
+                self._admit(request, metadata)
+                return respond_run(await body(), context)
+            except Exception as exc:
+                return respond_run(RunResult.failure(classify(exc, trace_id=tracing.trace_id_hex())), context)
+
+    async def submit_task(self, request: pb.TaskRequest, context: Any) -> pb.TaskResult:
+        async def body() -> pb.TaskResult:
+            try:
+                req = task_request_from_proto(request, max_payload_bytes=self._max_payload)
+            except ServeflowError as err:
+                # As over HTTP: a request that never parsed has no task id or type.
+                return respond(TaskResult.failure(err), context)
+            return respond(await self._dispatcher.submit(req), context)
+
+        return await self._task_call("SubmitTask", request, context, body, pb.TaskResult())
+
+    async def get_status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
+        async def body() -> pb.StatusReply:
+            doc = await self._status()
+            return pb.StatusReply(status=str(doc.get("status", "")), status_json=json.dumps(doc))
+
+        return await self._task_call("GetStatus", request, context, body, pb.StatusReply())
+
+    async def start_run(self, request: pb.StartRunRequest, context: Any) -> pb.RunReply:
+        async def body() -> RunResult:
+            try:
+                run_input = json.loads(request.input_json) if request.input_json.strip() else {}
+            except ValueError:
+                raise InvalidRequest("input_json is not valid JSON") from None
+            raw: dict[str, Any] = {"input": run_input, "wait": request.wait}
+            if request.idempotency_key:
+                raw["idempotency_key"] = request.idempotency_key
+            if request.wait_timeout_s:
+                raw["wait_timeout_s"] = request.wait_timeout_s
+            return await self._service().start(request.workflow, parse_start(raw))
+
+        return await self._run_call("StartRun", request, context, body)
+
+    async def get_run(self, request: pb.RunRequest, context: Any) -> pb.RunReply:
+        return await self._run_call("GetRun", request, context, lambda: self._service().get(request.run_id))
+
+    async def cancel_run(self, request: pb.RunRequest, context: Any) -> pb.RunReply:
+        return await self._run_call("CancelRun", request, context, lambda: self._service().cancel(request.run_id))
+
+    async def list_runs(self, request: pb.ListRunsRequest, context: Any) -> pb.RunReply:
+        return await self._run_call(
+            "ListRuns",
+            request,
+            context,
+            lambda: self._service().list(status=request.status or None, workflow=request.workflow or None, limit=request.limit or 50),
+        )

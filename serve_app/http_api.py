@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serve_app import tracing
+from serve_app.auth import BearerAuth
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.error_mapping import classify, http_headers, http_status
 from serve_app.errors import (
@@ -40,13 +41,19 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 Envelope = TaskResult | RunResult
 
+# Probes and the schema stay open when bearer auth is on.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
 
 def envelope_response(result: Envelope, *, ok_status: int = 200) -> JSONResponse:
     """The HTTP answer for an envelope: ``ok_status`` on success, the mapped status otherwise."""
     body = result.model_dump(mode="json", exclude_none=isinstance(result, RunResult))
     if result.error is None:
         return JSONResponse(body, status_code=ok_status)
-    return JSONResponse(body, status_code=http_status(result.error.code), headers=http_headers(result.error))
+    headers = http_headers(result.error)
+    if result.error.code == "unauthenticated":
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=http_status(result.error.code), headers=headers)
 
 
 def error_response(err: ServeflowError, envelope: type[Envelope] = TaskResult) -> JSONResponse:
@@ -64,6 +71,10 @@ def guarded(endpoint: Endpoint, envelope: type[Envelope] = TaskResult) -> Endpoi
         # A caller's W3C traceparent header makes this request part of its trace.
         with tracing.start_span(name, carrier=dict(request.headers)):
             try:
+                if request.url.path not in PUBLIC_PATHS:
+                    auth: BearerAuth | None = getattr(request.app.state, "auth", None)
+                    if auth is not None:
+                        auth.check(request.headers.get("authorization"))
                 return await endpoint(request)
             except Exception as exc:
                 return error_response(classify(exc, trace_id=tracing.trace_id_hex()), envelope)
@@ -128,6 +139,7 @@ def build_http_app(
     *,
     max_body_bytes: int,
     runs: RunService | None = None,
+    auth: BearerAuth | None = None,
 ) -> Starlette:
     """The Starlette app served by the Coordinator."""
 
@@ -235,5 +247,7 @@ def build_http_app(
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+    app.state.auth = auth
+    return app
 

@@ -39,6 +39,9 @@ class TaskRequest(BaseModel):
         default=None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Caller-chosen id; generated if absent."
     )
     timeout_s: float | None = Field(default=None, gt=0, le=3600, description="Deadline for the handler, seconds.")
+    idempotent: bool = Field(
+        default=False, description="Safe to run twice: the Coordinator retries it if its replica dies mid-task."
+    )
 
 
 class TaskResult(BaseModel):

@@ -15,6 +15,7 @@ class Settings:
     ray_namespace: str
     serveflow_url: str
     trace_exporter: str | None
+    auth_token: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -24,4 +25,5 @@ class Settings:
             ray_namespace=env.get("RAY_NAMESPACE") or "serveflow",
             serveflow_url=(env.get("SERVEFLOW_URL") or "http://127.0.0.1:8000").rstrip("/"),
             trace_exporter=env.get("SERVEFLOW_TRACE_EXPORTER") or None,
+            auth_token=env.get("SERVEFLOW_AUTH_TOKEN") or None,
         )

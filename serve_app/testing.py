@@ -53,32 +53,22 @@ def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dis
     return Dispatcher(config, board, pools), board, pools
 
 
-def local_grpc_servicer(dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int, runs: Any = None) -> Any:
+def local_grpc_servicer(
+    dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int, runs: Any = None, auth_token: str | None = None
+) -> Any:
     """A plain grpc.aio servicer over ``dispatcher``, for testing the gRPC layer without Serve."""
-    from serve_app import grpc_api
-    from serve_app.proto import serveflow_pb2 as pb
+    from serve_app.auth import BearerAuth
+    from serve_app.grpc_api import GrpcIngress
     from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 
+    ingress = GrpcIngress(dispatcher, status, max_payload_bytes=max_payload_bytes, runs=runs, auth=BearerAuth(auth_token))
+
     class LocalTaskServicer(pb_grpc.TaskServiceServicer):
-        async def SubmitTask(self, request: Any, context: Any) -> Any:
-            def body() -> Any:
-                return grpc_api.submit_task(dispatcher, request, context, max_payload_bytes=max_payload_bytes)
-
-            return await grpc_api.guarded("SubmitTask", body, context, pb.TaskResult())
-
-        async def GetStatus(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded("GetStatus", lambda: grpc_api.get_status(status, context), context, pb.StatusReply())
-
-        async def StartRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run("StartRun", lambda: grpc_api.start_run(runs, request, context), context)
-
-        async def GetRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run("GetRun", lambda: grpc_api.get_run(runs, request, context), context)
-
-        async def CancelRun(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run("CancelRun", lambda: grpc_api.cancel_run(runs, request, context), context)
-
-        async def ListRuns(self, request: Any, context: Any) -> Any:
-            return await grpc_api.guarded_run("ListRuns", lambda: grpc_api.list_runs(runs, request, context), context)
+        SubmitTask = staticmethod(ingress.submit_task)
+        GetStatus = staticmethod(ingress.get_status)
+        StartRun = staticmethod(ingress.start_run)
+        GetRun = staticmethod(ingress.get_run)
+        CancelRun = staticmethod(ingress.cancel_run)
+        ListRuns = staticmethod(ingress.list_runs)
 
     return LocalTaskServicer()

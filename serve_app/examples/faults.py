@@ -69,3 +69,14 @@ def flaky(inp: FlakyIn) -> dict[str, int]:
     if calls <= inp.fail_times:
         raise HandlerError(f"flaky failure {calls} of {inp.fail_times}", retryable=True)
     return {"calls": calls}
+
+
+class BlockIn(BaseModel):
+    seconds: float = Field(30.0, ge=0, le=600)
+
+
+@handler("block_loop")
+async def block_loop(inp: BlockIn) -> dict[str, float]:
+    """An async handler that wrongly blocks its event loop (the replica cannot even answer health checks)."""
+    time.sleep(inp.seconds)
+    return {"blocked": inp.seconds}

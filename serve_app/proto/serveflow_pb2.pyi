@@ -6,16 +6,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskRequest(_message.Message):
-    __slots__ = ("task_type", "payload_json", "task_id", "timeout_s")
+    __slots__ = ("task_type", "payload_json", "task_id", "timeout_s", "idempotent")
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     task_type: str
     payload_json: str
     task_id: str
     timeout_s: float
-    def __init__(self, task_type: _Optional[str] = ..., payload_json: _Optional[str] = ..., task_id: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    idempotent: bool
+    def __init__(self, task_type: _Optional[str] = ..., payload_json: _Optional[str] = ..., task_id: _Optional[str] = ..., timeout_s: _Optional[float] = ..., idempotent: _Optional[bool] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message", "retryable", "details_json")

@@ -20,13 +20,13 @@ POOLS: dict[str, Any] = {
     "compute": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["fib", "count_primes"]},
     "fragile": {
         "handler_modules": ["serve_app.examples.faults"],
-        "task_types": ["hang", "crash", "whoami", "stall", "flaky"],
+        "task_types": ["hang", "crash", "whoami", "stall", "flaky", "block_loop"],
         "max_stuck_calls": 1,
         "max_ongoing_requests": 2,
         "max_queued_requests": 2,
     },
 }
-GRPC_SERVICER = "serve_app.proto.serveflow_pb2_grpc.add_TaskServiceServicer_to_server"
+GRPC_SERVICER = "serve_app.grpc_service.add_TaskServiceServicer_to_server"
 WORKFLOWS: list[dict[str, Any]] = [
     {
         "name": "diamond",
@@ -130,6 +130,9 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "store_path": store_path,
         "spans_path": spans_path,
         "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "args": args,
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     }
     with httpx.Client(base_url=info["http"], timeout=10) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, what="serveflow /readyz")

@@ -10,7 +10,7 @@ UNIT_ARGS = {
         "compute": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["fib", "count_primes"]},
         "fragile": {
             "handler_modules": ["serve_app.examples.faults"],
-            "task_types": ["hang", "whoami", "stall", "flaky"],
+            "task_types": ["hang", "whoami", "stall", "flaky", "block_loop"],
             "max_stuck_calls": 1,
         },
     },

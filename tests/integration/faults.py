@@ -1,0 +1,60 @@
+"""Fault-injection helpers for integration tests: find replicas, SIGKILL them, run load beside."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import signal
+from typing import Any
+
+import ray
+
+from serve_app.load import LoadConfig, LoadReport, run_load
+
+
+def replica_pids(deployment: str, app: str = "serveflow") -> dict[str, int]:
+    """Replica actor name -> process id, for one deployment."""
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if f"{app}#{deployment}#" in a["name"]:
+            actor = ray.get_actor(a["name"], namespace=a["namespace"])
+            try:
+                out[a["name"]] = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            except Exception:  # dying or not started yet
+                continue
+    return out
+
+
+def sigkill_replica(deployment: str) -> int:
+    """SIGKILL one running replica of ``deployment``; returns its pid."""
+    pids = replica_pids(deployment)
+    assert pids, f"no running replica of {deployment}"
+    pid = next(iter(pids.values()))
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def start_load(pool: cf.ThreadPoolExecutor, cfg: LoadConfig) -> "cf.Future[LoadReport]":
+    return pool.submit(lambda: asyncio.run(run_load(cfg)))
+
+
+def report_line(name: str, report: LoadReport) -> str:
+    s = report.summary()
+    return (
+        f"{name}: sent={s['sent']} ok={s['ok']} structured={s['structured_errors']} "
+        f"transport={s['transport_errors']} lost={s['lost']} hung={s['hung']} p50={s['p50_ms']} p99={s['p99_ms']}"
+    )
+
+
+def assert_nothing_lost(report: LoadReport, *, allowed_codes: set[str]) -> None:
+    assert report.lost == 0, report.summary()
+    assert report.hung == 0, report.summary()
+    assert not report.transport, report.summary()
+    assert set(report.structured) <= allowed_codes, report.summary()
+
+
+def load(target: str, **kw: Any) -> LoadConfig:
+    kw.setdefault("request_timeout_s", 60.0)
+    kw.setdefault("duration_s", 60.0)
+    return LoadConfig(target=target, **kw)
