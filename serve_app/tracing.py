@@ -120,11 +120,19 @@ def configure(exporter: str = "none", *, extra_processor: SpanProcessor | None =
         return _provider
 
 
+_tracer_cache: trace.Tracer | None = None
+
+
 def _tracer() -> trace.Tracer:
-    if _provider is None:
-        configure()
-    assert _provider is not None
-    return _provider.get_tracer("serveflow")
+    # get_tracer() costs ~80 us (it builds an instrumentation scope and touches
+    # the warnings filters each time): fetch it once, not once per span.
+    global _tracer_cache
+    if _tracer_cache is None:
+        if _provider is None:
+            configure()
+        assert _provider is not None
+        _tracer_cache = _provider.get_tracer("serveflow")
+    return _tracer_cache
 
 
 @contextmanager

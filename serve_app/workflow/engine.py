@@ -53,6 +53,7 @@ class RunEngine:
         *,
         owner: str,
         lease_s: float = 10.0,
+        cancel_poll_s: float = 0.5,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -61,6 +62,8 @@ class RunEngine:
         self._owner = owner
         self._lease_s = lease_s
         self._clock = clock
+        self._cancel_poll_s = cancel_poll_s
+        self._cancel_checked: dict[str, float] = {}
         self._active: dict[str, asyncio.Task[None]] = {}
         self._cancel: dict[str, asyncio.Event] = {}
 
@@ -173,6 +176,7 @@ class RunEngine:
         def done(t: asyncio.Task[None]) -> None:
             self._active.pop(run_id, None)
             self._cancel.pop(run_id, None)
+            self._cancel_checked.pop(run_id, None)
             if not t.cancelled() and t.exception() is not None:
                 logger.error("run %s crashed", run_id, exc_info=t.exception())
 
@@ -198,7 +202,7 @@ class RunEngine:
         cancelled = False
         try:
             while True:
-                if cancel_event.is_set() or await self._store.cancel_requested(run.run_id):
+                if cancel_event.is_set() or await self._remote_cancel(run.run_id):
                     cancelled = True
                     break
                 if fatal is None:
@@ -215,7 +219,10 @@ class RunEngine:
                 if not running:
                     break
                 waiter = asyncio.ensure_future(cancel_event.wait())
-                done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
+                # The timeout bounds how late a cancel made through another replica is seen.
+                done, _ = await asyncio.wait(
+                    [*running, waiter], timeout=self._cancel_poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
                 for task in done:
                     if task is waiter:
@@ -245,6 +252,15 @@ class RunEngine:
             states[name].status, states[name].finished_at = StepStatus.CANCELLED, self._clock()
             await self._store.save_step(run.run_id, states[name])
         await self._finish(run, spec, states, results, fatal, cancelled)
+
+    async def _remote_cancel(self, run_id: str) -> bool:
+        """A cancel recorded in the store (e.g. through another replica), read at most every
+        ``cancel_poll_s`` instead of on every scheduling step (a store round trip each)."""
+        now = time.monotonic()
+        if now - self._cancel_checked.get(run_id, 0.0) < self._cancel_poll_s:
+            return False
+        self._cancel_checked[run_id] = now
+        return await self._store.cancel_requested(run_id)
 
     async def _skip_blocked(
         self, run_id: str, spec: WorkflowSpec, deps: Mapping[str, set[str]], states: dict[str, StepState]

@@ -227,3 +227,19 @@ async def test_dependant_waits_for_recorded_result_not_status(config: AppConfig)
     assert run.output == {"fib": 5, "echo": "race"}
     await eng.shutdown()
     pools.close()
+
+
+async def test_cancel_through_another_replica_is_seen_within_the_poll_interval(store: RunStore, config: AppConfig) -> None:
+    dispatcher, _, pools = in_process_dispatcher(config)
+    owner = RunEngine(store, dispatcher.submit, WORKFLOWS, owner="a", cancel_poll_s=0.2)
+    other = RunEngine(store, dispatcher.submit, WORKFLOWS, owner="b")
+    run, _ = await owner.start("long", {})
+    for _ in range(100):
+        if (await owner.get(run.run_id)).step("first").status is StepStatus.RUNNING:
+            break
+        await asyncio.sleep(0.02)
+    await other.cancel(run.run_id, wait_s=0)  # not executing there: only recorded in the store
+    done = await owner.wait(run.run_id, 5)
+    assert done.status is RunStatus.CANCELLED and done.step("first").status is StepStatus.CANCELLED
+    await owner.shutdown()
+    pools.close()
