@@ -50,7 +50,7 @@ def render_status(doc: dict[str, Any], *, url: str, now: float | None = None) ->
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     lines = [f"serveflow at {url}: {doc.get('status', 'unknown')}"]
     for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + str(r[5])[:160])
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + str(r[5])[:160])
     return "\n".join(line.rstrip() for line in lines)
 
 

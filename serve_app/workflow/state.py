@@ -75,6 +75,6 @@ class RunState(BaseModel):
     def public(self) -> dict[str, Any]:
         """JSON for clients: steps carry their duration."""
         doc = self.model_dump(mode="json")
-        for step, out in zip(self.steps, doc["steps"]):
+        for step, out in zip(self.steps, doc["steps"], strict=True):
             out["duration_ms"] = step.duration_ms
         return doc

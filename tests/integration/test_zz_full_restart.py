@@ -62,7 +62,7 @@ def test_accepted_runs_resume_and_clients_reconnect_after_full_restart(serve_ins
         wait_until(lambda: fresh.get("/readyz").status_code == 200, 120, what="app ready again")
         for run_id in run_ids:
             run = wait_until(
-                lambda: (r := fresh.get(f"/v1/runs/{run_id}").json()["run"])["status"] == "succeeded" and r,
+                lambda run_id=run_id: (r := fresh.get(f"/v1/runs/{run_id}").json()["run"])["status"] == "succeeded" and r,
                 90,
                 what=f"run {run_id} resumed",
             )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from serve_app.auth import BearerAuth
-from serve_app.client import AsyncServeflowClient, RetryPolicy
+from serve_app.client import AsyncServeflowClient
 from serve_app.config import AppConfig
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.errors import Unavailable, Unauthenticated

@@ -1,0 +1,375 @@
+"""serveflow benchmarks: one run, one machine, results written to BENCHMARKS.md.
+
+    python -m bench.run              # full run (about 10 minutes on 2 cores)
+    python -m bench.run --quick      # fewer requests and repeats
+
+Measures (medians over repeats, ratios taken within this one run):
+  1. single-task noop over HTTP and gRPC, concurrency 1 and 16, serveflow vs a
+     hand-written Ray Serve app with the same hops (bench/baseline.py);
+  2. workflow overhead: chain of 10 noop steps (per-step ms) and a fan-out of 16
+     sleeping steps (makespan vs critical path), vs the same DAG as plain Ray tasks;
+  3. durable-store cost: async runs/s with SQLite vs the in-memory store;
+  4. startup of `serve run serve_config.yaml` to all deployments HEALTHY, and idle RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICER = "serve_app.grpc_service.add_TaskServiceServicer_to_server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+# --------------------------------------------------------------------------- startup
+
+
+def bench_startup(repeats: int) -> dict[str, Any]:
+    """`serve run serve_config.yaml` (its own local cluster) until /readyz, then idle RSS of the process tree."""
+    times, rss = [], []
+    for _ in range(repeats):
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_ready("http://127.0.0.1:8000/readyz", 180)
+            times.append(time.monotonic() - started)
+            time.sleep(10)  # idle
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            rss.append(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
+        finally:
+            pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+            for pid in pids:  # whatever the driver left behind, by PID
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(3)
+    return {"startup_s": statistics.median(times), "startup_all_s": times, "idle_rss_mib": statistics.median(rss)}
+
+
+# --------------------------------------------------------------------------- in-process cluster
+
+
+def bench_args(store: str, store_path: str) -> dict[str, Any]:
+    return {
+        "pools": {
+            "general": {
+                "handler_modules": ["serve_app.examples.basic"],
+                "task_types": ["noop", "sleep", "echo"],
+                "max_ongoing_requests": 32,
+                "max_concurrency": 16,
+            }
+        },
+        "workflows": {
+            "store": store,
+            "store_path": store_path,
+            "definitions": [
+                {
+                    "name": "chain10",
+                    "steps": [{"name": "s0", "task_type": "noop"}]
+                    + [{"name": f"s{i}", "task_type": "noop", "depends_on": [f"s{i-1}"]} for i in range(1, 10)],
+                },
+                {
+                    "name": "fanout16",
+                    "steps": [{"name": f"f{i}", "task_type": "sleep", "input": {"seconds": 1.0}} for i in range(16)]
+                    + [{"name": "join", "task_type": "noop", "depends_on": [f"f{i}" for i in range(16)]}],
+                },
+                {"name": "one", "steps": [{"name": "only", "task_type": "noop"}]},
+            ],
+        },
+    }
+
+
+def run_load(target: str, protocol: str, concurrency: int, count: int, application: str | None) -> dict[str, Any]:
+    from serve_app.load import LoadConfig, run_load as _run
+
+    cfg = LoadConfig(
+        target=target,
+        protocol=protocol,  # type: ignore[arg-type]
+        task_type="noop",
+        payload={},
+        count=count,
+        workers=concurrency,
+        duration_s=300,
+        application=application,
+    )
+    report = asyncio.run(_run(cfg))
+    s = report.summary()
+    assert s["lost"] == 0 and report.ok == report.sent, s
+    return s
+
+
+def bench_single_task(http: str, grpc_target: str, repeats: int, counts: dict[int, int]) -> list[dict[str, Any]]:
+    rows = []
+    for protocol in ("http", "grpc"):
+        for concurrency in (1, 16):
+            for system in ("serveflow", "baseline"):
+                if protocol == "http":
+                    target, app = (http if system == "serveflow" else http + "/baseline"), None
+                else:
+                    target, app = grpc_target, system
+                run_load(target, protocol, concurrency, 50, app)  # warm-up
+                samples = [run_load(target, protocol, concurrency, counts[concurrency], app) for _ in range(repeats)]
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        "concurrency": concurrency,
+                        "system": system,
+                        "rps": statistics.median(s["throughput_rps"] for s in samples),
+                        "p50_ms": statistics.median(s["p50_ms"] for s in samples),
+                        "p99_ms": statistics.median(s["p99_ms"] for s in samples),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _run_wait(client: httpx.Client, workflow: str) -> dict[str, Any]:
+    r = client.post(f"/v1/workflows/{workflow}/runs", json={"wait": True, "wait_timeout_s": 120})
+    run = r.json()["run"]
+    assert run["status"] == "succeeded", run
+    return run
+
+
+def bench_workflows(http: str, repeats: int) -> dict[str, Any]:
+    import ray
+
+    with httpx.Client(base_url=http, timeout=180) as c:
+        _run_wait(c, "chain10")
+        chain = [_run_wait(c, "chain10") for _ in range(repeats)]
+        fan = [_run_wait(c, "fanout16") for _ in range(repeats)]
+
+    def span(run: dict[str, Any]) -> float:
+        return float(run["finished_at"] - run["started_at"])
+
+    def critical(run: dict[str, Any]) -> float:
+        steps = {s["name"]: s for s in run["steps"]}
+        sleep = max(steps[f"f{i}"]["finished_at"] - steps[f"f{i}"]["started_at"] for i in range(16))
+        join = steps["join"]["finished_at"] - steps["join"]["started_at"]
+        return float(sleep + join)
+
+    @ray.remote(num_cpus=0.01)
+    def noop(*upstream: Any) -> None:
+        return None
+
+    @ray.remote(num_cpus=0.01)
+    def sleep1() -> None:
+        time.sleep(1.0)
+
+    ray.get(noop.remote())
+    ray.get(noop.remote(*[sleep1.remote() for _ in range(16)]))  # warm-up: start the worker processes
+    ray_chain, ray_fan = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ref = noop.remote()
+        for _ in range(9):
+            ref = noop.remote(ref)
+        ray.get(ref)
+        ray_chain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ray.get(noop.remote(*[sleep1.remote() for _ in range(16)]))  # fan-out, then the join
+        ray_fan.append(time.perf_counter() - t)
+    chain_s = statistics.median(span(r) for r in chain)
+    fan_s = statistics.median(span(r) for r in fan)
+    crit_s = statistics.median(critical(r) for r in fan)
+    return {
+        "chain10_s": chain_s,
+        "chain10_per_step_ms": chain_s / 10 * 1000,
+        "ray_chain10_s": statistics.median(ray_chain),
+        "ray_per_step_ms": statistics.median(ray_chain) / 10 * 1000,
+        "fanout16_makespan_s": fan_s,
+        "fanout16_critical_path_s": crit_s,
+        "fanout16_ratio": fan_s / crit_s,
+        "ray_fanout16_s": statistics.median(ray_fan),
+    }
+
+
+def bench_durable(http: str, n: int) -> float:
+    """Async runs/s: start n one-step runs without waiting, then wait until all n have succeeded."""
+    with httpx.Client(base_url=http, timeout=60) as c:
+        before = len(c.get("/v1/runs", params={"workflow": "one", "status": "succeeded", "limit": 1000}).json()["runs"])
+        started = time.perf_counter()
+        for _ in range(n):
+            assert c.post("/v1/workflows/one/runs", json={}).status_code == 202
+        while True:
+            done = c.get("/v1/runs", params={"workflow": "one", "status": "succeeded", "limit": 1000}).json()["runs"]
+            if len(done) - before >= n:
+                return n / (time.perf_counter() - started)
+            time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--label", default="", help="note recorded with the results (e.g. 'before fix')")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 3
+    counts = {1: 100, 16: 300} if args.quick else {1: 300, 16: 1500}
+    results: dict[str, Any] = {"label": args.label}
+
+    if not args.skip_startup:
+        results["startup"] = bench_startup(1 if args.quick else 2)
+        print(json.dumps(results["startup"]), flush=True)
+
+    from ray import serve
+
+    from bench.baseline import build_baseline
+    from graphs.serveflow import build_app
+    from serve_app.connect import connect, disconnect
+
+    http_port, grpc_port = free_port(), free_port()
+    connect(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]},
+    )
+    http, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            serve.run(build_baseline(), name="baseline", route_prefix="/baseline")
+            serve.run(build_app(bench_args("sqlite", f"{tmp}/runs.sqlite3")), name="serveflow", route_prefix="/")
+            wait_ready(http + "/readyz", 120)
+            results["single_task"] = bench_single_task(http, grpc_target, repeats, counts)
+            results["workflows"] = bench_workflows(http, repeats)
+            print(json.dumps(results["workflows"]), flush=True)
+            n = 100 if args.quick else 250
+            sqlite_rps = statistics.median(bench_durable(http, n) for _ in range(repeats))
+            serve.run(build_app(bench_args("memory", "")), name="serveflow", route_prefix="/")
+            wait_ready(http + "/readyz", 120)
+            memory_rps = statistics.median(bench_durable(http, n) for _ in range(repeats))
+            results["durable"] = {"sqlite_runs_per_s": sqlite_rps, "memory_runs_per_s": memory_rps, "runs": n}
+            print(json.dumps(results["durable"]), flush=True)
+        finally:
+            serve.shutdown()
+            disconnect()
+    write_report(results, Path(args.out), quick=args.quick)
+
+
+def _machine() -> str:
+    import ray
+
+    mem = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.machine()}, {psutil.cpu_count()} cores, {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, Ray {ray.__version__}, {platform.platform()}"
+    )
+
+
+def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
+    rows = r["single_task"]
+    lines = [
+        "#### Single task (noop): serveflow vs hand-written Ray Serve, same hops",
+        "",
+        "| protocol | concurrency | serveflow req/s | baseline req/s | ratio (≥0.8) | serveflow p50 ms | baseline p50 ms | p50 ratio (≤1.25) | serveflow p99 ms | baseline p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for protocol in ("http", "grpc"):
+        for c in (1, 16):
+            sf = next(x for x in rows if x["protocol"] == protocol and x["concurrency"] == c and x["system"] == "serveflow")
+            bl = next(x for x in rows if x["protocol"] == protocol and x["concurrency"] == c and x["system"] == "baseline")
+            lines.append(
+                f"| {protocol} | {c} | {sf['rps']:.0f} | {bl['rps']:.0f} | {sf['rps'] / bl['rps']:.2f} | "
+                f"{sf['p50_ms']:.1f} | {bl['p50_ms']:.1f} | {sf['p50_ms'] / bl['p50_ms']:.2f} | {sf['p99_ms']:.1f} | {bl['p99_ms']:.1f} |"
+            )
+    w = r["workflows"]
+    lines += [
+        "",
+        "#### Workflows",
+        "",
+        "| measure | serveflow | plain Ray tasks |",
+        "|---|---|---|",
+        f"| chain of 10 noop steps, total | {w['chain10_s'] * 1000:.0f} ms | {w['ray_chain10_s'] * 1000:.0f} ms |",
+        f"| per-step overhead | {w['chain10_per_step_ms']:.1f} ms | {w['ray_per_step_ms']:.1f} ms |",
+        f"| fan-out of 16 × sleep(1 s) + join, makespan | {w['fanout16_makespan_s']:.2f} s | {w['ray_fanout16_s']:.2f} s |",
+        f"| critical path (longest sleep step + join step) | {w['fanout16_critical_path_s']:.2f} s | 1.00 s |",
+        f"| makespan / critical path (target ≤ 1.2) | {w['fanout16_ratio']:.2f} | {w['ray_fanout16_s']:.2f} |",
+    ]
+    d = r["durable"]
+    lines += [
+        "",
+        "#### Durable store: async runs of a one-step workflow",
+        "",
+        f"| store | runs/s ({d['runs']} runs, started then awaited) |",
+        "|---|---|",
+        f"| SQLite (WAL) | {d['sqlite_runs_per_s']:.1f} |",
+        f"| memory (persistence off) | {d['memory_runs_per_s']:.1f} |",
+        f"| SQLite / memory | {d['sqlite_runs_per_s'] / d['memory_runs_per_s']:.2f} |",
+    ]
+    if "startup" in r:
+        s = r["startup"]
+        lines += [
+            "",
+            "#### Startup and memory",
+            "",
+            f"- `serve run serve_config.yaml` (fresh local Ray cluster) to `/readyz` 200 with every pool ready: "
+            f"median {s['startup_s']:.1f} s (runs: {', '.join(f'{x:.1f}' for x in s['startup_all_s'])})",
+            f"- RSS of the whole process tree (driver, Ray daemons, every replica) after 10 s idle: {s['idle_rss_mib']:.0f} MiB",
+        ]
+    header = [
+        f"### Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{' — ' + r['label'] if r['label'] else ''}",
+        "",
+        f"Machine: {_machine()}. Command: `python -m bench.run{' --quick' if quick else ''}`. "
+        "Load: serveflow's own async load tool (`serve_app/load.py`), medians over repeats.",
+        "",
+    ]
+    section = "\n".join(header + lines) + "\n"
+    existing = path.read_text() if path.exists() else ""
+    marker = "<!-- results -->"
+    if marker in existing:
+        head, _, tail = existing.partition(marker)
+        path.write_text(head + marker + "\n\n" + section + "\n" + tail.lstrip("\n"))
+    else:
+        path.write_text(f"# Benchmarks\n\n{marker}\n\n{section}")
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
