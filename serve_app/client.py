@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 import grpc
 
 from serve_app.errors import ErrorCode
-from serve_app.grpc_api import ENVELOPE_KEY, envelope_from_trailers, result_from_proto, run_from_proto
+from serve_app.grpc_api import envelope_from_trailers, result_from_proto, run_from_proto
 from serve_app.models import ErrorInfo, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
@@ -88,17 +88,19 @@ def _transport_error(err: grpc.RpcError) -> ErrorInfo:
     )
 
 
+def _trailers(err: grpc.RpcError) -> Any:
+    return err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+
+
 def run_failure_from_rpc_error(err: grpc.RpcError) -> RunResult:
     """As :func:`failure_from_rpc_error`, for the run RPCs."""
-    for key, value in (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ():
-        if key == ENVELOPE_KEY:
-            return RunResult.model_validate_json(value)
-    return RunResult(success=False, error=_transport_error(err))
+    envelope = envelope_from_trailers(_trailers(err), RunResult)
+    return envelope if envelope is not None else RunResult(success=False, error=_transport_error(err))
 
 
 def failure_from_rpc_error(err: grpc.RpcError, *, task_id: str | None, task_type: str | None) -> TaskResult:
     """The envelope for a failed RPC: the server's own, or one built from the status."""
-    envelope = envelope_from_trailers(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
+    envelope = envelope_from_trailers(_trailers(err), TaskResult)
     if envelope is not None:
         return envelope
     return TaskResult(task_id=task_id, task_type=task_type, success=False, error=_transport_error(err))

@@ -8,7 +8,7 @@ details, and the whole envelope (JSON) in trailing metadata under
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 import grpc
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from serve_app import tracing
 from serve_app.dispatch import Dispatcher
 from serve_app.error_mapping import classify, grpc_status
 from serve_app.auth import BearerAuth
-from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge, ServeflowError, ValidationFailed
+from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge, ValidationFailed
 from serve_app.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.grpc_service import MalformedRequest
 from serve_app.proto import serveflow_pb2 as pb
@@ -35,16 +35,21 @@ class ServerContext(Protocol):
     def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, Any]]) -> None: ...
 
 
+def json_field(raw: str, field: str) -> Any:
+    """A JSON-text field of a request message: empty means {}, malformed is ``invalid_request``."""
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidRequest(f"{field} is not valid JSON") from None
+
+
 def task_request_from_proto(msg: pb.TaskRequest, *, max_payload_bytes: int) -> TaskRequest:
     """Validate a protobuf TaskRequest exactly as the HTTP API validates its JSON."""
-    raw = msg.payload_json
-    if len(raw.encode()) > max_payload_bytes:
+    if len(msg.payload_json.encode()) > max_payload_bytes:
         raise PayloadTooLarge.over(max_payload_bytes)
-    try:
-        payload = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidRequest("payload_json is not valid JSON") from None
-    fields: dict[str, Any] = {"task_type": msg.task_type, "payload": payload}
+    fields: dict[str, Any] = {"task_type": msg.task_type, "payload": json_field(msg.payload_json, "payload_json")}
     if msg.task_id:
         fields["task_id"] = msg.task_id
     if msg.timeout_s:
@@ -97,12 +102,15 @@ def result_from_proto(msg: pb.TaskResult) -> TaskResult:
     )
 
 
-def envelope_from_trailers(metadata: Iterable[tuple[str, Any]] | None) -> TaskResult | None:
-    """The envelope a failed RPC carried in its trailing metadata, if any."""
+E = TypeVar("E", TaskResult, RunResult)
+
+
+def envelope_from_trailers(metadata: Iterable[tuple[str, Any]] | None, model: type[E]) -> E | None:
+    """The envelope (``TaskResult`` or ``RunResult``) a failed RPC carried in its trailing metadata, if any."""
     for key, value in metadata or ():
         if key == ENVELOPE_KEY:
             try:
-                return TaskResult.model_validate_json(value)
+                return model.model_validate_json(value)
             except ValidationError:
                 return None
     return None
@@ -204,7 +212,9 @@ class GrpcIngress:
                 self._admit(request, metadata)
                 return await body()
             except Exception as exc:
-                respond(TaskResult.failure(classify(exc, trace_id=tracing.trace_id_hex()), trace_id=tracing.trace_id_hex()), context)
+                # A request that never parsed has no task id or type, as over HTTP.
+                trace_id = tracing.trace_id_hex()
+                respond(TaskResult.failure(classify(exc, trace_id=trace_id), trace_id=trace_id), context)
                 return empty
 
     async def _run_call(self, name: str, request: Any, context: Any, body: Callable[[], Awaitable[RunResult]]) -> pb.RunReply:
@@ -218,11 +228,7 @@ class GrpcIngress:
 
     async def submit_task(self, request: pb.TaskRequest, context: Any) -> pb.TaskResult:
         async def body() -> pb.TaskResult:
-            try:
-                req = task_request_from_proto(request, max_payload_bytes=self._max_payload)
-            except ServeflowError as err:
-                # As over HTTP: a request that never parsed has no task id or type.
-                return respond(TaskResult.failure(err), context)
+            req = task_request_from_proto(request, max_payload_bytes=self._max_payload)
             return respond(await self._dispatcher.submit(req), context)
 
         return await self._task_call("SubmitTask", request, context, body, pb.TaskResult())
@@ -236,11 +242,7 @@ class GrpcIngress:
 
     async def start_run(self, request: pb.StartRunRequest, context: Any) -> pb.RunReply:
         async def body() -> RunResult:
-            try:
-                run_input = json.loads(request.input_json) if request.input_json.strip() else {}
-            except ValueError:
-                raise InvalidRequest("input_json is not valid JSON") from None
-            raw: dict[str, Any] = {"input": run_input, "wait": request.wait}
+            raw: dict[str, Any] = {"input": json_field(request.input_json, "input_json"), "wait": request.wait}
             if request.idempotency_key:
                 raw["idempotency_key"] = request.idempotency_key
             if request.wait_timeout_s:
