@@ -108,12 +108,8 @@ class RunEngine:
 
     async def wait(self, run_id: str, timeout_s: float) -> RunState:
         """The run's state once it is finished, or as it is after ``timeout_s``."""
-        task = self._active.get(run_id)
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except asyncio.TimeoutError:
-                pass
+        if run_id in self._active:
+            await self._settle(run_id, timeout_s)
         else:
             deadline = time.monotonic() + timeout_s
             while not (await self.get(run_id)).status.terminal and time.monotonic() < deadline:
@@ -127,15 +123,19 @@ class RunEngine:
             return run
         await self._store.request_cancel(run_id)
         event = self._cancel.get(run_id)
-        if event is not None:
+        if event is not None:  # executing here: stop it now
             event.set()
-            task = self._active.get(run_id)
-            if task is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), wait_s)
-                except asyncio.TimeoutError:
-                    pass
+            await self._settle(run_id, wait_s)
         return await self.get(run_id)
+
+    async def _settle(self, run_id: str, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for this engine's execution of ``run_id`` to end (without cancelling it)."""
+        task = self._active.get(run_id)
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except asyncio.TimeoutError:
+                pass
 
     async def list(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
         return await self._store.list_runs(status=status, workflow=workflow, limit=limit)
@@ -229,9 +229,7 @@ class RunEngine:
                         continue
                     name = running.pop(task)  # type: ignore[arg-type]
                     if task.cancelled():  # cancelled after a fatal failure elsewhere
-                        st = states[name]
-                        st.status, st.finished_at = StepStatus.CANCELLED, self._clock()
-                        await self._store.save_step(run.run_id, st)
+                        await self._close_step(run.run_id, states[name], StepStatus.CANCELLED)
                         continue
                     st = task.result()  # type: ignore[assignment]
                     states[name] = st
@@ -249,9 +247,13 @@ class RunEngine:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
         for name in running.values():
-            states[name].status, states[name].finished_at = StepStatus.CANCELLED, self._clock()
-            await self._store.save_step(run.run_id, states[name])
+            await self._close_step(run.run_id, states[name], StepStatus.CANCELLED)
         await self._finish(run, spec, states, results, fatal, cancelled)
+
+    async def _close_step(self, run_id: str, st: StepState, status: StepStatus) -> None:
+        """End a step the engine did not run to completion (cancelled or skipped), on record."""
+        st.status, st.finished_at = status, self._clock()
+        await self._store.save_step(run_id, st)
 
     async def _remote_cancel(self, run_id: str) -> bool:
         """A cancel recorded in the store (e.g. through another replica), read at most every
@@ -272,8 +274,7 @@ class RunEngine:
             for step in spec.steps:
                 st = states[step.name]
                 if st.status is StepStatus.PENDING and any(states[d].status in _BLOCKING for d in deps[step.name]):
-                    st.status, st.finished_at = StepStatus.SKIPPED, self._clock()
-                    await self._store.save_step(run_id, st)
+                    await self._close_step(run_id, st, StepStatus.SKIPPED)
                     changed = True
 
     async def _finish(
@@ -288,8 +289,7 @@ class RunEngine:
         leftover = StepStatus.CANCELLED if cancelled else StepStatus.SKIPPED
         for st in states.values():
             if not st.status.terminal:
-                st.status, st.finished_at = leftover, self._clock()
-                await self._store.save_step(run.run_id, st)
+                await self._close_step(run.run_id, st, leftover)
         if cancelled:
             run.status = RunStatus.CANCELLED
             run.error = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
