@@ -16,6 +16,7 @@ from deployments.serve_metrics import ServeMetricsObserver
 from serve_app import grpc_api, tracing
 from serve_app.auth import BearerAuth
 from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.errors import error_text
 from serve_app.dispatch import Dispatcher, ReadinessBoard
 from serve_app.http_api import build_http_app
 from serve_app.loops import PeriodicTask
@@ -126,12 +127,11 @@ class Coordinator:
 
     async def _refresh_readiness(self) -> None:
         try:
-            report = await asyncio.wait_for(
-                await_response(self._manager.readiness.remote(), target="OrganismManager"),
-                self._config.probe_timeout_s,
+            report = await await_response(
+                self._manager.readiness.remote(), target="OrganismManager", timeout_s=self._config.probe_timeout_s
             )
         except Exception as exc:
-            self._readiness.update_failed(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            self._readiness.update_failed(error_text(exc))
             raise
         self._readiness.update(report)
 
@@ -152,12 +152,12 @@ class Coordinator:
             },
         )
         try:
-            rolled = await asyncio.wait_for(
-                await_response(self._manager.get_status.remote(), target="OrganismManager"),
-                self._config.probe_timeout_s,
+            # The manager's roll-up includes the MetricsCollector's resources: one call, not two.
+            rolled = await await_response(
+                self._manager.get_status.remote(), target="OrganismManager", timeout_s=self._config.probe_timeout_s
             )
         except Exception as exc:
-            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            reason = error_text(exc)
             rolled = {
                 "status": HealthState.UNHEALTHY.value,
                 "pools": {},
@@ -167,24 +167,13 @@ class Coordinator:
                     ).model_dump(mode="json")
                 },
                 "deployments": {},
+                "resources": {"error": f"status unavailable: {reason}"},
             }
         rolled["components"]["Coordinator"] = own.model_dump(mode="json")
         rolled["tasks"] = self._stats.snapshot()
-        rolled["resources"] = await self._resources()
         if own.status is not HealthState.HEALTHY and rolled["status"] == HealthState.HEALTHY.value:
             rolled["status"] = HealthState.DEGRADED.value
         return rolled
-
-    async def _resources(self) -> dict[str, Any]:
-        try:
-            return dict(
-                await asyncio.wait_for(
-                    await_response(self._manager.get_metrics.remote(), target="OrganismManager"),
-                    self._config.probe_timeout_s,
-                )
-            )
-        except Exception as exc:
-            return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
 
     async def check_health(self) -> None:
         problem = self._refresh.problem() or self._workflow_loop.problem()

@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.ray_calls import await_response, serve_deployment_states
 from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.errors import error_text
 from serve_app.health import ComponentTracker, rollup
 from serve_app.loops import PeriodicTask
 from serve_app.models import ComponentStatus, HealthState
@@ -44,13 +45,11 @@ class OrganismManager:
     async def _probe(self, name: str, handle: DeploymentHandle) -> None:
         tracker = self._trackers[name]
         try:
-            report = await asyncio.wait_for(
-                await_response(handle.get_status.remote(), target=name), self._config.probe_timeout_s
-            )
+            report = await await_response(handle.get_status.remote(), target=name, timeout_s=self._config.probe_timeout_s)
         except asyncio.TimeoutError:
             tracker.observe_failure(f"no status answer within {self._config.probe_timeout_s:g}s")
         except Exception as exc:
-            tracker.observe_failure(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+            tracker.observe_failure(error_text(exc))
         else:
             tracker.observe_report(report)
 
@@ -81,8 +80,15 @@ class OrganismManager:
             out[name] = {"ready": self._trackers[name].ready, "status": snap.status.value, "error": snap.error}
         return out
 
-    async def get_metrics(self) -> dict[str, Any]:
-        return await await_response(self._metrics.get_metrics.remote(), target=METRICS)
+    async def _resources(self) -> dict[str, Any]:
+        try:
+            return dict(
+                await await_response(
+                    self._metrics.get_metrics.remote(), target=METRICS, timeout_s=self._config.probe_timeout_s
+                )
+            )
+        except Exception as exc:
+            return {"error": error_text(exc)}
 
     async def get_status(self) -> dict[str, Any]:
         pools = {name: self._trackers[name].snapshot() for name in self._pools}
@@ -106,6 +112,7 @@ class OrganismManager:
                 METRICS: metrics.model_dump(mode="json"),
             },
             "deployments": self._serve_states,
+            "resources": await self._resources(),
         }
 
     async def check_health(self) -> None:

@@ -37,15 +37,23 @@ def downstream_error(exc: BaseException, *, target: str) -> ServeflowError:
     return Internal(f"unexpected error calling {target}", details={"target": target})
 
 
-async def await_response(response: DeploymentResponse, *, target: str) -> Any:
-    """Await a handle call; cancelling the caller cancels the downstream request."""
-    try:
-        return await response
-    except asyncio.CancelledError:
-        response.cancel()
-        raise
-    except Exception as exc:
-        raise downstream_error(exc, target=target) from exc
+async def await_response(response: DeploymentResponse, *, target: str, timeout_s: float | None = None) -> Any:
+    """Await a handle call; cancelling the caller cancels the downstream request.
+
+    With ``timeout_s`` it raises ``asyncio.TimeoutError`` after that long (and
+    cancels the downstream request).
+    """
+
+    async def wait() -> Any:
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception as exc:
+            raise downstream_error(exc, target=target) from exc
+
+    return await (wait() if timeout_s is None else asyncio.wait_for(wait(), timeout_s))
 
 
 def replica_identity() -> dict[str, str]:

@@ -166,6 +166,13 @@ class Internal(ServeflowError):
     code = ErrorCode.INTERNAL
 
 
+def error_text(exc: BaseException) -> str:
+    """One line describing ``exc`` for a status report: a ServeflowError's message, else type and text."""
+    if isinstance(exc, ServeflowError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
 _BY_CODE: dict[ErrorCode, type[ServeflowError]] = {
     cls.code: cls
     for cls in (

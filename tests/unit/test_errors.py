@@ -79,3 +79,10 @@ def test_retry_after_header() -> None:
     assert http_headers(info) == {"Retry-After": "3"}
     assert http_headers(ErrorInfo.from_error(NotReady("x"))) == {"Retry-After": "1"}
     assert http_headers(ErrorInfo.from_error(ValidationFailed("x"))) == {}
+
+
+def test_error_text() -> None:
+    from serve_app.errors import error_text
+
+    assert error_text(NotReady("pool starting")) == "pool starting"
+    assert error_text(TimeoutError("slow")) == "TimeoutError: slow"
