@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from serve_app.config import AppConfig
+from serve_app.runtime.config import AppConfig
 from serve_app.testing import in_process_dispatcher
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import WorkflowSpec

@@ -33,7 +33,7 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICER = "serve_app.grpc_service.add_TaskServiceServicer_to_server"
+SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
 
 
 def free_port() -> int:
@@ -127,7 +127,7 @@ def bench_args(store: str, store_path: str) -> dict[str, Any]:
 
 
 def run_load(target: str, protocol: str, concurrency: int, count: int, application: str | None) -> dict[str, Any]:
-    from serve_app.load import LoadConfig, run_load as _run
+    from serve_app.client.load import LoadConfig, run_load as _run
 
     cfg = LoadConfig(
         target=target,
@@ -263,7 +263,7 @@ def main() -> None:
 
     from bench.baseline import build_baseline
     from graphs.serveflow import build_app
-    from serve_app.connect import connect, disconnect
+    from serve_app.core.connect import connect, disconnect
 
     http_port, grpc_port = free_port(), free_port()
     connect(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)

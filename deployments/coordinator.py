@@ -13,16 +13,17 @@ from starlette.applications import Starlette
 
 from deployments.ray_calls import await_response, replica_identity
 from deployments.serve_metrics import ServeMetricsObserver
-from serve_app import grpc_api, tracing
-from serve_app.auth import BearerAuth
-from serve_app.config import AppConfig, pool_deployment_name
-from serve_app.errors import error_text
-from serve_app.dispatch import Dispatcher, ReadinessBoard
-from serve_app.http_api import build_http_app
-from serve_app.loops import PeriodicTask
-from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
+from serve_app.ingress import grpc as grpc_api
+from serve_app.runtime import tracing
+from serve_app.ingress.auth import BearerAuth
+from serve_app.runtime.config import AppConfig, pool_deployment_name
+from serve_app.core.errors import error_text
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.ingress.http import build_http_app
+from serve_app.runtime.loops import PeriodicTask
+from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
-from serve_app.telemetry import FanOut, TaskStats
+from serve_app.runtime.telemetry import FanOut, TaskStats
 from serve_app.workflow.api import RunService
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import WorkflowSpec

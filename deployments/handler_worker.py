@@ -10,12 +10,12 @@ from typing import Any
 from ray import serve
 
 from deployments.ray_calls import replica_identity
-from serve_app import tracing
-from serve_app.config import PoolConfig
-from serve_app.errors import Unavailable
-from serve_app.handlers import HandlerLoadError, HandlerRegistry
-from serve_app.models import ComponentStatus, HealthState, TaskResult, WorkItem
-from serve_app.runner import HandlerRunner
+from serve_app.runtime import tracing
+from serve_app.runtime.config import PoolConfig
+from serve_app.core.errors import Unavailable
+from serve_app.runtime.handlers import HandlerLoadError, HandlerRegistry
+from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
+from serve_app.runtime.runner import HandlerRunner
 
 logger = logging.getLogger("serveflow.worker")
 

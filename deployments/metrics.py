@@ -10,9 +10,9 @@ from typing import Any
 from ray import serve
 
 from deployments.ray_calls import cluster_resources
-from serve_app.loops import PeriodicTask
-from serve_app.models import ComponentStatus, HealthState
-from serve_app.resources import Backoff, cluster_snapshot, local_snapshot
+from serve_app.runtime.loops import PeriodicTask
+from serve_app.core.models import ComponentStatus, HealthState
+from serve_app.runtime.resources import Backoff, cluster_snapshot, local_snapshot
 
 logger = logging.getLogger("serveflow.metrics")
 

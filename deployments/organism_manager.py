@@ -11,11 +11,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.ray_calls import await_response, serve_deployment_states
-from serve_app.config import AppConfig, pool_deployment_name
-from serve_app.errors import error_text
-from serve_app.health import ComponentTracker, rollup
-from serve_app.loops import PeriodicTask
-from serve_app.models import ComponentStatus, HealthState
+from serve_app.runtime.config import AppConfig, pool_deployment_name
+from serve_app.core.errors import error_text
+from serve_app.runtime.health import ComponentTracker, rollup
+from serve_app.runtime.loops import PeriodicTask
+from serve_app.core.models import ComponentStatus, HealthState
 
 logger = logging.getLogger("serveflow.manager")
 

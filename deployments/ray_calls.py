@@ -16,7 +16,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentResponse
 
-from serve_app.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
+from serve_app.core.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
 
 logger = logging.getLogger("serveflow.ray_calls")
 

@@ -10,8 +10,8 @@ from deployments.coordinator import Coordinator
 from deployments.handler_worker import HandlerWorker
 from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
-from serve_app.config import AppConfig, pool_deployment_name
-from serve_app.settings import Settings
+from serve_app.runtime.config import AppConfig, pool_deployment_name
+from serve_app.core.settings import Settings
 from serve_app.workflow.loader import load_workflows
 
 

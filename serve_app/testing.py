@@ -1,7 +1,7 @@
 """Test helpers: run the real handler pools in-process, without Ray.
 
 ``InProcessPools(config)`` loads every pool's handler modules exactly as a
-HandlerWorker does and is a drop-in :data:`serve_app.dispatch.PoolCaller`, so
+HandlerWorker does and is a drop-in :data:`serve_app.runtime.dispatch.PoolCaller`, so
 the HTTP layer, the dispatcher and the handlers can be tested together fast.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import AppConfig
-from serve_app.dispatch import Dispatcher, ReadinessBoard
-from serve_app.handlers import HandlerRegistry
-from serve_app.models import TaskResult, WorkItem
-from serve_app.runner import HandlerRunner
+from serve_app.runtime.config import AppConfig
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.runtime.handlers import HandlerRegistry
+from serve_app.core.models import TaskResult, WorkItem
+from serve_app.runtime.runner import HandlerRunner
 
 
 class InProcessPools:
@@ -57,8 +57,8 @@ def local_grpc_servicer(
     dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int, runs: Any = None, auth_token: str | None = None
 ) -> Any:
     """A plain grpc.aio servicer over ``dispatcher``, for testing the gRPC layer without Serve."""
-    from serve_app.auth import BearerAuth
-    from serve_app.grpc_api import GrpcIngress
+    from serve_app.ingress.auth import BearerAuth
+    from serve_app.ingress.grpc import GrpcIngress
     from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 
     ingress = GrpcIngress(dispatcher, status, max_payload_bytes=max_payload_bytes, runs=runs, auth=BearerAuth(auth_token))

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serve_app.errors import HandlerError, ServeflowError
-from serve_app.handlers import HandlerErrorContext, handler
+from serve_app.core.errors import HandlerError, ServeflowError
+from serve_app.runtime.handlers import HandlerErrorContext, handler
 
 
 class EchoIn(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from serve_app.handlers import handler
+from serve_app.runtime.handlers import handler
 
 
 class FibIn(BaseModel):

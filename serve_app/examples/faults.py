@@ -12,8 +12,8 @@ import time
 
 from pydantic import BaseModel, Field
 
-from serve_app.errors import HandlerError
-from serve_app.handlers import handler
+from serve_app.core.errors import HandlerError
+from serve_app.runtime.handlers import handler
 
 
 class HangIn(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
-from serve_app.handlers import handler, startup
+from serve_app.runtime.handlers import handler, startup
 
 _state: dict[str, Any] = {}
 

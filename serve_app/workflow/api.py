@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app import tracing
-from serve_app.errors import ServeflowError, ValidationFailed
-from serve_app.models import NAME_PATTERN, ErrorInfo
-from serve_app.runner import validation_details
+from serve_app.runtime import tracing
+from serve_app.core.errors import ServeflowError, ValidationFailed
+from serve_app.core.models import NAME_PATTERN, ErrorInfo
+from serve_app.runtime.runner import validation_details
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus
 

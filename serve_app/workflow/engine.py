@@ -19,9 +19,9 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
-from serve_app import tracing
-from serve_app.errors import ErrorCode, NotFound, ValidationFailed
-from serve_app.models import ErrorInfo, TaskRequest, TaskResult
+from serve_app.runtime import tracing
+from serve_app.core.errors import ErrorCode, NotFound, ValidationFailed
+from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.workflow.spec import MissingValue, StepSpec, WorkflowSpec, resolve
 from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
 from serve_app.workflow.store import RunStore

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import WorkflowsConfig
+from serve_app.runtime.config import WorkflowsConfig
 from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate
 
 

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.errors import ErrorCode
-from serve_app.models import NAME_PATTERN
+from serve_app.core.errors import ErrorCode
+from serve_app.core.models import NAME_PATTERN
 
 _REF = re.compile(r"^\$\{([^{}]+)\}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from serve_app.models import ErrorInfo
+from serve_app.core.models import ErrorInfo
 
 
 class RunStatus(str, Enum):

@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Any, Callable, Protocol, TypeVar
 
-from serve_app.errors import Conflict
-from serve_app.models import ErrorInfo
+from serve_app.core.errors import Conflict
+from serve_app.core.models import ErrorInfo
 from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
-from serve_app.connect import connect, disconnect
+from serve_app.core.connect import connect, disconnect
 
 POOLS: dict[str, Any] = {
     "general": {
@@ -26,7 +26,7 @@ POOLS: dict[str, Any] = {
         "max_queued_requests": 2,
     },
 }
-GRPC_SERVICER = "serve_app.grpc_service.add_TaskServiceServicer_to_server"
+GRPC_SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
 WORKFLOWS: list[dict[str, Any]] = [
     {
         "name": "diamond",

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from serve_app.load import LoadConfig, LoadReport, run_load
+from serve_app.client.load import LoadConfig, LoadReport, run_load
 
 
 def replica_pids(deployment: str, app: str = "serveflow") -> dict[str, int]:

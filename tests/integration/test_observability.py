@@ -66,7 +66,7 @@ def test_prometheus_metrics(serve_instance: dict[str, Any], http: httpx.Client) 
 
 def _cli(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "--url", url, *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "serve_app.client.cli", "--url", url, *argv], capture_output=True, text=True, timeout=120
     )
 
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app.grpc_api import ENVELOPE_KEY
+from serve_app.ingress.grpc import ENVELOPE_KEY
 from serve_app.proto import serveflow_pb2 as pb
 from tests.integration.conftest import wait_until
 from tests.integration.faults import assert_nothing_lost, load, replica_pids, report_line, sigkill_replica, start_load

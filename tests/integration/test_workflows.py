@@ -10,7 +10,7 @@ import httpx
 import ray
 from ray import serve
 
-from serve_app.client import ServeflowClient
+from serve_app.client.sdk import ServeflowClient
 from tests.integration.conftest import wait_until
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -16,7 +16,7 @@ import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.client import RetryPolicy, ServeflowClient
+from serve_app.client.sdk import RetryPolicy, ServeflowClient
 from tests.integration.conftest import wait_until
 
 ROOT = pathlib.Path(__file__).parents[2]

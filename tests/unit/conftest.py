@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.config import AppConfig
+from serve_app.runtime.config import AppConfig
 
 UNIT_ARGS = {
     "pools": {

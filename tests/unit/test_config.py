@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig, pool_deployment_name
+from serve_app.runtime.config import AppConfig, pool_deployment_name
 from tests.unit.conftest import UNIT_ARGS
 
 

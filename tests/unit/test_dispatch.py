@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from serve_app.config import AppConfig
-from serve_app.dispatch import Dispatcher, ReadinessBoard
-from serve_app.errors import Unavailable
-from serve_app.models import TaskRequest, TaskResult, WorkItem
+from serve_app.runtime.config import AppConfig
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.core.errors import Unavailable
+from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 
 pytestmark = pytest.mark.anyio
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from serve_app.error_mapping import classify, grpc_status, http_headers, http_status
-from serve_app.errors import (
+from serve_app.ingress.pipeline import classify, grpc_status, http_headers, http_status
+from serve_app.core.errors import (
     ErrorCode,
     HandlerError,
     Internal,
@@ -16,7 +16,7 @@ from serve_app.errors import (
     ValidationFailed,
     error_class_for,
 )
-from serve_app.models import ErrorInfo
+from serve_app.core.models import ErrorInfo
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
@@ -82,7 +82,7 @@ def test_retry_after_header() -> None:
 
 
 def test_error_text() -> None:
-    from serve_app.errors import error_text
+    from serve_app.core.errors import error_text
 
     assert error_text(NotReady("pool starting")) == "pool starting"
     assert error_text(TimeoutError("slow")) == "TimeoutError: slow"

@@ -8,10 +8,10 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 
-from serve_app.client import AsyncServeflowClient, RetryPolicy
-from serve_app.config import AppConfig
-from serve_app.grpc_api import ENVELOPE_KEY, result_from_proto, result_to_proto, task_request_from_proto
-from serve_app.models import ErrorInfo, TaskResult
+from serve_app.client.sdk import AsyncServeflowClient, RetryPolicy
+from serve_app.runtime.config import AppConfig
+from serve_app.ingress.grpc import ENVELOPE_KEY, result_from_proto, result_to_proto, task_request_from_proto
+from serve_app.core.models import ErrorInfo, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 from serve_app.testing import in_process_dispatcher, local_grpc_servicer
@@ -113,7 +113,7 @@ async def test_async_client_success_status_and_no_retry_for_handler_errors(targe
 async def test_client_retries_unreachable_server_then_reports_structured_error() -> None:
     slept: list[float] = []
     policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
-    from serve_app.client import ServeflowClient
+    from serve_app.client.sdk import ServeflowClient
 
     with ServeflowClient("127.0.0.1:1", retry=policy, sleep=slept.append, default_deadline_s=2) as client:
         res = client.submit("echo", {"message": "x"})

@@ -6,7 +6,7 @@ import types
 import pytest
 from pydantic import BaseModel
 
-from serve_app.handlers import HandlerLoadError, HandlerRegistry, handler, startup
+from serve_app.runtime.handlers import HandlerLoadError, HandlerRegistry, handler, startup
 
 
 def _module(name: str, **attrs: object) -> str:

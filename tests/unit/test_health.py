@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from serve_app.health import ComponentTracker, rollup
-from serve_app.models import ComponentStatus, HealthState
+from serve_app.runtime.health import ComponentTracker, rollup
+from serve_app.core.models import ComponentStatus, HealthState
 
 
 class FakeClock:

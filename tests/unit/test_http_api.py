@@ -8,8 +8,8 @@ from typing import Any, Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from serve_app.config import AppConfig
-from serve_app.http_api import build_http_app
+from serve_app.runtime.config import AppConfig
+from serve_app.ingress.http import build_http_app
 from serve_app.testing import in_process_dispatcher
 
 

@@ -6,14 +6,14 @@ import subprocess
 import sys
 
 MODULES = [
-    "serve_app.errors",
-    "serve_app.models",
-    "serve_app.config",
-    "serve_app.http_api",
-    "serve_app.dispatch",
-    "serve_app.runner",
-    "serve_app.tracing",
-    "serve_app.connect",
+    "serve_app.core.errors",
+    "serve_app.core.models",
+    "serve_app.runtime.config",
+    "serve_app.ingress.http",
+    "serve_app.runtime.dispatch",
+    "serve_app.runtime.runner",
+    "serve_app.runtime.tracing",
+    "serve_app.core.connect",
     "serve_app.examples.basic",
     "serve_app.examples.compute",
     "serve_app.examples.faults",
@@ -40,7 +40,7 @@ def test_imports_do_not_init_ray_or_spawn_threads() -> None:
 
 
 def test_pure_modules_do_not_import_ray() -> None:
-    pure = [m for m in MODULES if m.startswith("serve_app.") and m != "serve_app.connect"]
+    pure = [m for m in MODULES if m.startswith("serve_app.") and m != "serve_app.core.connect"]
     code = f"import importlib, sys\nfor m in {pure!r}: importlib.import_module(m)\nprint('ray' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -12,11 +12,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.testclient import TestClient
 
-from serve_app import cli, tracing
-from serve_app.config import AppConfig
-from serve_app.dispatch import Dispatcher
-from serve_app.http_api import build_http_app
-from serve_app.telemetry import TaskStats
+from serve_app.client import cli
+from serve_app.runtime import tracing
+from serve_app.runtime.config import AppConfig
+from serve_app.runtime.dispatch import Dispatcher
+from serve_app.ingress.http import build_http_app
+from serve_app.runtime.telemetry import TaskStats
 from serve_app.testing import in_process_dispatcher
 from serve_app.workflow.api import RunService
 from serve_app.workflow.engine import RunEngine

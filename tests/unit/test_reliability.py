@@ -11,16 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from serve_app.auth import BearerAuth
-from serve_app.client import AsyncServeflowClient
-from serve_app.config import AppConfig
-from serve_app.dispatch import Dispatcher, ReadinessBoard
-from serve_app.errors import Unavailable, Unauthenticated
-from serve_app.grpc_api import ENVELOPE_KEY
-from serve_app.grpc_service import add_TaskServiceServicer_to_server
-from serve_app.http_api import build_http_app
-from serve_app.load import LoadConfig, run_load
-from serve_app.models import TaskRequest, TaskResult, WorkItem
+from serve_app.ingress.auth import BearerAuth
+from serve_app.client.sdk import AsyncServeflowClient
+from serve_app.runtime.config import AppConfig
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.core.errors import Unavailable, Unauthenticated
+from serve_app.ingress.grpc import ENVELOPE_KEY
+from serve_app.ingress.servicer import add_TaskServiceServicer_to_server
+from serve_app.ingress.http import build_http_app
+from serve_app.client.load import LoadConfig, run_load
+from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.testing import in_process_dispatcher, local_grpc_servicer
 
 TOKEN = "s3cret-token-0123456789"
@@ -218,7 +218,7 @@ async def test_cli_load_prints_a_summary(grpc_target: str) -> None:
     import asyncio
     import io
 
-    from serve_app import cli
+    from serve_app.client import cli
 
     out = io.StringIO()
     argv = ["--token", TOKEN, "load", "--protocol", "grpc", "--grpc-target", grpc_target, "--count", "12", "--workers", "3"]

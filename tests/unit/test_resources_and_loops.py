@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from serve_app.loops import PeriodicTask
-from serve_app.resources import Backoff, cluster_snapshot, local_snapshot
+from serve_app.runtime.loops import PeriodicTask
+from serve_app.runtime.resources import Backoff, cluster_snapshot, local_snapshot
 
 
 def test_local_snapshot_measures_this_machine() -> None:

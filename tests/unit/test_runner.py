@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from serve_app.handlers import HandlerRegistry, handler
-from serve_app.models import WorkItem
-from serve_app.runner import HandlerRunner
+from serve_app.runtime.handlers import HandlerRegistry, handler
+from serve_app.core.models import WorkItem
+from serve_app.runtime.runner import HandlerRunner
 
 pytestmark = pytest.mark.anyio
 

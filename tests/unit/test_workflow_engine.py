@@ -8,8 +8,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from serve_app.config import AppConfig
-from serve_app.errors import Conflict
+from serve_app.runtime.config import AppConfig
+from serve_app.core.errors import Conflict
 from serve_app.workflow import WorkflowSpec, validate
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
@@ -173,7 +173,7 @@ async def test_idempotent_start(engine: RunEngine) -> None:
 
 
 async def test_unknown_workflow_and_run(engine: RunEngine) -> None:
-    from serve_app.errors import NotFound
+    from serve_app.core.errors import NotFound
 
     with pytest.raises(NotFound):
         await engine.start("nope", {})

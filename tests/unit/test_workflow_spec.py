@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import WorkflowsConfig
+from serve_app.runtime.config import WorkflowsConfig
 from serve_app.workflow import StepRetry, Workflow, WorkflowError, WorkflowSpec, validate
 from serve_app.workflow.loader import load_workflows
 from serve_app.workflow.spec import MissingValue, find_cycle, resolve

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Span, Status, StatusCode
 
-from serve_app.errors import ServeflowError
+from serve_app.core.errors import ServeflowError
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None

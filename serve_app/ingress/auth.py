@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from serve_app.errors import Unauthenticated
+from serve_app.core.errors import Unauthenticated
 
 
 class BearerAuth:

@@ -1,7 +1,7 @@
 """The serveflow error hierarchy.
 
 Errors are raised where a problem is found and turned into a protocol answer in
-one place (:mod:`serve_app.error_mapping`). Every error carries a stable
+one place (:mod:`serve_app.ingress.pipeline`). Every error carries a stable
 ``code``, a human message, whether retrying may help, and JSON-safe details.
 Nothing here knows about HTTP, gRPC or Ray.
 """

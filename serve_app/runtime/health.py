@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from serve_app.models import ComponentStatus, HealthState
+from serve_app.core.models import ComponentStatus, HealthState
 
 Clock = Callable[[], float]
 

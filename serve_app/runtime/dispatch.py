@@ -12,12 +12,12 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
-from serve_app import tracing
-from serve_app.config import AppConfig
-from serve_app.error_mapping import classify
-from serve_app.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType
-from serve_app.models import TaskRequest, TaskResult, WorkItem
-from serve_app.telemetry import TaskObserver
+from serve_app.runtime import tracing
+from serve_app.runtime.config import AppConfig
+from serve_app.ingress.pipeline import classify
+from serve_app.core.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType
+from serve_app.core.models import TaskRequest, TaskResult, WorkItem
+from serve_app.runtime.telemetry import TaskObserver
 
 PoolCaller = Callable[[str, WorkItem], Awaitable[TaskResult]]
 Clock = Callable[[], float]

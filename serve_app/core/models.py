@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.errors import ServeflowError
+from serve_app.core.errors import ServeflowError
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 

@@ -1,7 +1,7 @@
 """The HTTP ingress: a Starlette app over a Dispatcher, free of Ray.
 
 Every answer is JSON; every error is the envelope with a status from
-:mod:`serve_app.error_mapping`. Nothing raised inside reaches Starlette's (or
+:mod:`serve_app.ingress.pipeline`. Nothing raised inside reaches Starlette's (or
 Serve's) default 500 page.
 """
 
@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serve_app import tracing
-from serve_app.auth import BearerAuth
-from serve_app.dispatch import Dispatcher, ReadinessBoard
-from serve_app.error_mapping import classify, http_headers, http_status
-from serve_app.errors import (
+from serve_app.runtime import tracing
+from serve_app.ingress.auth import BearerAuth
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.ingress.pipeline import classify, http_headers, http_status
+from serve_app.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -30,9 +30,9 @@ from serve_app.errors import (
     ServeflowError,
     ValidationFailed,
 )
-from serve_app.models import TaskRequest, TaskResult
-from serve_app.openapi import openapi_schema
-from serve_app.runner import validation_details
+from serve_app.core.models import TaskRequest, TaskResult
+from serve_app.ingress.openapi import openapi_schema
+from serve_app.runtime.runner import validation_details
 from serve_app.workflow.api import RunResult, RunService, parse_start
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]

@@ -1,10 +1,10 @@
 """Python client for serveflow's gRPC API (sync and async), hiding the stubs.
 
-Both clients return the same :class:`~serve_app.models.TaskResult` envelope an
+Both clients return the same :class:`~serve_app.core.models.TaskResult` envelope an
 HTTP client gets, retry retryable failures with exponential backoff and jitter,
 and ride out server restarts (gRPC channels reconnect on their own)::
 
-    from serve_app.client import ServeflowClient
+    from serve_app.client.sdk import ServeflowClient
 
     with ServeflowClient("127.0.0.1:9000") as client:
         result = client.submit("echo", {"message": "hi"})
@@ -23,9 +23,9 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
-from serve_app.errors import ErrorCode
-from serve_app.grpc_api import envelope_from_trailers, result_from_proto, run_from_proto
-from serve_app.models import ErrorInfo, TaskResult
+from serve_app.core.errors import ErrorCode
+from serve_app.ingress.grpc import envelope_from_trailers, result_from_proto, run_from_proto
+from serve_app.core.models import ErrorInfo, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 from serve_app.workflow.api import RunResult

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 import httpx
 
-from serve_app.settings import Settings
+from serve_app.core.settings import Settings
 
 EXIT_OK, EXIT_DEGRADED, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2, 64
 
@@ -180,7 +180,7 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
 def _load(args: argparse.Namespace, out: TextIO) -> int:
     import asyncio
 
-    from serve_app.load import LoadConfig, progress_bar, run_load
+    from serve_app.client.load import LoadConfig, progress_bar, run_load
 
     if not 1 <= args.workers <= 1024 or args.duration <= 0:
         raise SystemExit("serveflow: --workers must be 1..1024 and --duration positive")

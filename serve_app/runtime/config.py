@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.models import NAME_PATTERN
+from serve_app.core.models import NAME_PATTERN
 
 
 class _Strict(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from serve_app.models import TaskRequest, TaskResult
+from serve_app.core.models import TaskRequest, TaskResult
 
 _REF = "#/components/schemas/{model}"
 

@@ -13,15 +13,15 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeV
 import grpc
 from pydantic import ValidationError
 
-from serve_app import tracing
-from serve_app.dispatch import Dispatcher
-from serve_app.error_mapping import classify, grpc_status
-from serve_app.auth import BearerAuth
-from serve_app.errors import InvalidRequest, NotFound, PayloadTooLarge, ValidationFailed
-from serve_app.models import ErrorInfo, TaskRequest, TaskResult
-from serve_app.grpc_service import MalformedRequest
+from serve_app.runtime import tracing
+from serve_app.runtime.dispatch import Dispatcher
+from serve_app.ingress.pipeline import classify, grpc_status
+from serve_app.ingress.auth import BearerAuth
+from serve_app.core.errors import InvalidRequest, NotFound, PayloadTooLarge, ValidationFailed
+from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
+from serve_app.ingress.servicer import MalformedRequest
 from serve_app.proto import serveflow_pb2 as pb
-from serve_app.runner import validation_details
+from serve_app.runtime.runner import validation_details
 from serve_app.workflow.api import RunResult, RunService, parse_start
 
 ENVELOPE_KEY = "serveflow-envelope-bin"

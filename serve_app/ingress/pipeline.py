@@ -12,8 +12,8 @@ import math
 
 import grpc
 
-from serve_app.errors import ErrorCode, Internal, ServeflowError
-from serve_app.models import ErrorInfo
+from serve_app.core.errors import ErrorCode, Internal, ServeflowError
+from serve_app.core.models import ErrorInfo
 
 logger = logging.getLogger("serveflow")
 

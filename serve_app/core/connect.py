@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from serve_app.settings import Settings
+from serve_app.core.settings import Settings
 
 _lock = threading.Lock()
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 
 import httpx
 
-from serve_app.client import AsyncServeflowClient, RetryPolicy
+from serve_app.client.sdk import AsyncServeflowClient, RetryPolicy
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ which code can run is decided by ``serve_config.yaml``, never by request data.
 Example::
 
     from pydantic import BaseModel
-    from serve_app.handlers import handler
+    from serve_app.runtime.handlers import handler
 
     class EchoIn(BaseModel):
         message: str
@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol, get_ty
 
 from pydantic import BaseModel
 
-from serve_app.errors import ServeflowError
+from serve_app.core.errors import ServeflowError
 
 SPEC_ATTR = "__serveflow_handler__"
 STARTUP_ATTR = "__serveflow_startup__"

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from serve_app import tracing
-from serve_app.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed
-from serve_app.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
-from serve_app.models import TaskResult, WorkItem
+from serve_app.runtime import tracing
+from serve_app.core.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed
+from serve_app.runtime.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
+from serve_app.core.models import TaskResult, WorkItem
 
 logger = logging.getLogger("serveflow.runner")
 
