@@ -13,13 +13,14 @@ from starlette.applications import Starlette
 
 from deployments.ray_calls import await_response, replica_identity
 from deployments.serve_metrics import ServeMetricsObserver
-from serve_app.ingress import grpc as grpc_api
 from serve_app.runtime import tracing
 from serve_app.ingress.auth import BearerAuth
 from serve_app.runtime.config import AppConfig, pool_deployment_name
 from serve_app.core.errors import error_text
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.ingress.grpc import GrpcIngress
 from serve_app.ingress.http import build_http_app
+from serve_app.ingress.operations import Backend
 from serve_app.runtime.loops import PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
@@ -71,12 +72,11 @@ class Coordinator:
             {name: WorkflowSpec.model_validate(doc) for name, doc in (workflows or {}).items()},
             owner=self._identity["replica_id"],
             lease_s=wf.lease_s,
+            step_start_timeout_s=wf.step_start_timeout_s,
         )
-        self._runs = RunService(self._engine)
         self._auth = BearerAuth(auth_token)
-        self._grpc = grpc_api.GrpcIngress(
-            self._dispatcher, self.get_status, max_payload_bytes=self._config.max_body_bytes, runs=self._runs, auth=self._auth
-        )
+        self._backend = Backend(self._dispatcher, self._readiness, self.get_status, RunService(self._engine))
+        self._grpc = GrpcIngress(self._backend, max_payload_bytes=self._config.max_body_bytes, auth=self._auth)
         # Renew our leases and claim runs whose owner is gone (e.g. a replica that died).
         self._workflow_loop = PeriodicTask(
             "workflow-leases", self._workflow_tick, wf.lease_s / 3, stall_after_s=max(30.0, 3 * wf.lease_s)
@@ -88,14 +88,7 @@ class Coordinator:
         self._refresh.start()
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_http_app(
-            self._dispatcher,
-            self._readiness,
-            self.get_status,
-            max_body_bytes=self._config.max_body_bytes,
-            runs=self._runs,
-            auth=self._auth,
-        )
+        return build_http_app(self._backend, max_body_bytes=self._config.max_body_bytes, auth=self._auth)
 
     async def _workflow_tick(self) -> None:
         await self._engine.renew_leases()
@@ -104,22 +97,22 @@ class Coordinator:
 
     # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
     async def SubmitTask(self, request: Any, grpc_context: Any = None) -> pb.TaskResult:
-        return await self._grpc.submit_task(request, grpc_context)
+        return await self._grpc.handle("SubmitTask", request, grpc_context)
 
     async def GetStatus(self, request: Any, grpc_context: Any = None) -> pb.StatusReply:
-        return await self._grpc.get_status(request, grpc_context)
+        return await self._grpc.handle("GetStatus", request, grpc_context)
 
     async def StartRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
-        return await self._grpc.start_run(request, grpc_context)
+        return await self._grpc.handle("StartRun", request, grpc_context)
 
     async def GetRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
-        return await self._grpc.get_run(request, grpc_context)
+        return await self._grpc.handle("GetRun", request, grpc_context)
 
     async def CancelRun(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
-        return await self._grpc.cancel_run(request, grpc_context)
+        return await self._grpc.handle("CancelRun", request, grpc_context)
 
     async def ListRuns(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
-        return await self._grpc.list_runs(request, grpc_context)
+        return await self._grpc.handle("ListRuns", request, grpc_context)
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))
@@ -182,6 +175,9 @@ class Coordinator:
             raise RuntimeError(problem)
 
     async def __del__(self) -> None:
-        # Graceful shutdown: hand unfinished runs over to the next owner at once.
+        # Graceful shutdown: stop the loops first (a lease tick after the release would claim the
+        # runs again for this dying replica), then hand unfinished runs to the next owner at once.
+        await self._workflow_loop.stop()
+        await self._refresh.stop()
         await self._engine.shutdown()
         self._store.close()

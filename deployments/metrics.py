@@ -12,7 +12,8 @@ from ray import serve
 from deployments.ray_calls import cluster_resources
 from serve_app.runtime.loops import PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState
-from serve_app.runtime.resources import Backoff, cluster_snapshot, local_snapshot
+from serve_app.core.retry import Backoff, RetryClock
+from serve_app.runtime.resources import cluster_snapshot, local_snapshot
 
 logger = logging.getLogger("serveflow.metrics")
 
@@ -22,7 +23,7 @@ class MetricsCollector:
     """Samples resources periodically; reads are served from the last sample."""
 
     async def __init__(self, refresh_s: float = 5.0) -> None:
-        self._backoff = Backoff(initial_s=refresh_s, max_s=60.0)
+        self._backoff = RetryClock(Backoff(initial_s=refresh_s, max_s=60.0))
         self._snapshot: dict[str, Any] = {}
         self._ray_error: str | None = None
         self._state = HealthState.INITIALIZING

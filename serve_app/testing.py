@@ -53,22 +53,19 @@ def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dis
     return Dispatcher(config, board, pools), board, pools
 
 
-def local_grpc_servicer(
-    dispatcher: Dispatcher, status: Any, *, max_payload_bytes: int, runs: Any = None, auth_token: str | None = None
-) -> Any:
-    """A plain grpc.aio servicer over ``dispatcher``, for testing the gRPC layer without Serve."""
+def local_grpc_servicer(backend: Any, *, max_payload_bytes: int, auth_token: str | None = None) -> Any:
+    """A plain grpc.aio servicer over ``backend`` (an ingress Backend), for testing the gRPC layer without Serve."""
     from serve_app.ingress.auth import BearerAuth
     from serve_app.ingress.grpc import GrpcIngress
     from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 
-    ingress = GrpcIngress(dispatcher, status, max_payload_bytes=max_payload_bytes, runs=runs, auth=BearerAuth(auth_token))
+    ingress = GrpcIngress(backend, max_payload_bytes=max_payload_bytes, auth=BearerAuth(auth_token))
 
-    class LocalTaskServicer(pb_grpc.TaskServiceServicer):
-        SubmitTask = staticmethod(ingress.submit_task)
-        GetStatus = staticmethod(ingress.get_status)
-        StartRun = staticmethod(ingress.start_run)
-        GetRun = staticmethod(ingress.get_run)
-        CancelRun = staticmethod(ingress.cancel_run)
-        ListRuns = staticmethod(ingress.list_runs)
+    def rpc(name: str) -> Any:
+        async def method(request: Any, context: Any) -> Any:
+            return await ingress.handle(name, request, context)
 
-    return LocalTaskServicer()
+        return staticmethod(method)
+
+    names = ("SubmitTask", "GetStatus", "StartRun", "GetRun", "CancelRun", "ListRuns")
+    return type("LocalTaskServicer", (pb_grpc.TaskServiceServicer,), {n: rpc(n) for n in names})()

@@ -4,7 +4,7 @@ Both clients return the same :class:`~serve_app.core.models.TaskResult` envelope
 HTTP client gets, retry retryable failures with exponential backoff and jitter,
 and ride out server restarts (gRPC channels reconnect on their own)::
 
-    from serve_app.client.sdk import ServeflowClient
+    from serve_app.client import ServeflowClient
 
     with ServeflowClient("127.0.0.1:9000") as client:
         result = client.submit("echo", {"message": "hi"})
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,28 +22,18 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
+from serve_app.core import codec
 from serve_app.core.errors import ErrorCode
-from serve_app.ingress.grpc import envelope_from_trailers, result_from_proto, run_from_proto
-from serve_app.core.models import ErrorInfo, TaskResult
+from serve_app.core.models import Envelope, RunResult, TaskResult
+from serve_app.core.retry import Backoff
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
-from serve_app.workflow.api import RunResult
 
 T = TypeVar("T")
+E = TypeVar("E", TaskResult, RunResult)
 
 # Codes where the task did not run (not_ready, overloaded) or its replica died (unavailable).
 DEFAULT_RETRY_CODES = frozenset({ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value, ErrorCode.UNAVAILABLE.value})
-
-_FROM_GRPC = {
-    grpc.StatusCode.UNAVAILABLE: ErrorCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorCode.TIMEOUT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorCode.OVERLOADED,
-    grpc.StatusCode.CANCELLED: ErrorCode.CANCELLED,
-    grpc.StatusCode.UNAUTHENTICATED: ErrorCode.UNAUTHENTICATED,
-    grpc.StatusCode.NOT_FOUND: ErrorCode.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT: ErrorCode.INVALID_REQUEST,
-}
-_RETRYABLE_TRANSPORT = {ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED, ErrorCode.TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -57,7 +46,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     retry_codes: frozenset[str] = field(default=DEFAULT_RETRY_CODES)
 
-    def should_retry(self, result: TaskResult, attempt: int) -> bool:
+    def should_retry(self, result: Envelope, attempt: int) -> bool:
         return (
             attempt < self.max_attempts
             and result.error is not None
@@ -65,45 +54,25 @@ class RetryPolicy:
             and result.error.code in self.retry_codes
         )
 
-    def backoff(self, attempt: int, result: TaskResult) -> float:
+    def backoff(self, attempt: int, result: Envelope) -> float:
         """Full-jitter exponential backoff, never shorter than the server's Retry-After."""
-        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
         floor = 0.0
         if result.error is not None:
             retry_after = result.error.details.get("retry_after_s")
             if isinstance(retry_after, (int, float)):
-                floor = min(float(retry_after), self.max_backoff_s)
-        return max(floor, random.uniform(0, cap))
+                floor = float(retry_after)
+        backoff = Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier, jitter=True)
+        return backoff.delay(attempt, floor_s=floor)
 
 
-def _transport_error(err: grpc.RpcError) -> ErrorInfo:
-    code = _FROM_GRPC.get(err.code(), ErrorCode.INTERNAL) if hasattr(err, "code") else ErrorCode.INTERNAL
-    details = (err.details() if hasattr(err, "details") else None) or ""
-    message = details.strip().splitlines()[0] if details.strip() else f"gRPC call failed: {code.value}"
-    return ErrorInfo(
-        code=code.value,
-        message=message[:500],
-        retryable=code in _RETRYABLE_TRANSPORT,
-        details={"grpc_status": err.code().name if hasattr(err, "code") else "UNKNOWN", "transport": True},
-    )
-
-
-def _trailers(err: grpc.RpcError) -> Any:
-    return err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-
-
-def run_failure_from_rpc_error(err: grpc.RpcError) -> RunResult:
-    """As :func:`failure_from_rpc_error`, for the run RPCs."""
-    envelope = envelope_from_trailers(_trailers(err), RunResult)
-    return envelope if envelope is not None else RunResult(success=False, error=_transport_error(err))
-
-
-def failure_from_rpc_error(err: grpc.RpcError, *, task_id: str | None, task_type: str | None) -> TaskResult:
-    """The envelope for a failed RPC: the server's own, or one built from the status."""
-    envelope = envelope_from_trailers(_trailers(err), TaskResult)
+def failure_from_rpc_error(err: grpc.RpcError, model: type[E], **known: Any) -> E:
+    """The envelope for a failed RPC: the server's own (trailer), or one built from the status."""
+    envelope = codec.from_trailers(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None, model)
     if envelope is not None:
         return envelope
-    return TaskResult(task_id=task_id, task_type=task_type, success=False, error=_transport_error(err))
+    status = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else None
+    return model(success=False, error=codec.transport_failure(status, details), **known)
 
 
 def _start_request(workflow: str, run_input: dict[str, Any] | None, idempotency_key: str | None, wait: bool, wait_timeout_s: float) -> pb.StartRunRequest:
@@ -187,18 +156,18 @@ class ServeflowClient(_Base):
         while True:
             attempt += 1
             try:
-                result = result_from_proto(self._stub.SubmitTask(req, timeout=deadline, metadata=self._metadata))
+                result = codec.task_from_proto(self._stub.SubmitTask(req, timeout=deadline, metadata=self._metadata))
             except grpc.RpcError as err:
-                result = failure_from_rpc_error(err, task_id=req.task_id, task_type=task_type)
+                result = failure_from_rpc_error(err, TaskResult, task_id=req.task_id, task_type=task_type)
             if not self.retry.should_retry(result, attempt):
                 return result
             self._sleep(self.retry.backoff(attempt, result))
 
     def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
         try:
-            return run_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
+            return codec.run_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
         except grpc.RpcError as err:
-            return run_failure_from_rpc_error(err)
+            return failure_from_rpc_error(err, RunResult)
 
     def start_run(
         self,
@@ -265,18 +234,18 @@ class AsyncServeflowClient(_Base):
             attempt += 1
             try:
                 msg = await self._stub.SubmitTask(req, timeout=deadline, metadata=self._metadata)
-                result = result_from_proto(msg)
+                result = codec.task_from_proto(msg)
             except grpc.aio.AioRpcError as err:
-                result = failure_from_rpc_error(err, task_id=req.task_id, task_type=task_type)
+                result = failure_from_rpc_error(err, TaskResult, task_id=req.task_id, task_type=task_type)
             if not self.retry.should_retry(result, attempt):
                 return result
             await asyncio.sleep(self.retry.backoff(attempt, result))
 
     async def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
         try:
-            return run_from_proto(await method(request, timeout=timeout_s, metadata=self._metadata))
+            return codec.run_from_proto(await method(request, timeout=timeout_s, metadata=self._metadata))
         except grpc.aio.AioRpcError as err:
-            return run_failure_from_rpc_error(err)
+            return failure_from_rpc_error(err, RunResult)
 
     async def start_run(
         self,

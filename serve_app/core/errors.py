@@ -8,8 +8,13 @@ Nothing here knows about HTTP, gRPC or Ray.
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import Any, ClassVar, Mapping
+
+from pydantic import ValidationError
+
+logger = logging.getLogger("serveflow")
 
 
 class ErrorCode(str, Enum):
@@ -71,6 +76,15 @@ class ServeflowError(Exception):
     @property
     def retry_after_s(self) -> float | None:
         return self._retry_after_s
+
+    def with_details(self, **extra: Any) -> ServeflowError:
+        """A copy of this error (same class, code and message) with ``extra`` added to its details."""
+        return type(self)(
+            self._message,
+            retryable=self._retryable,
+            details={**self._details, **extra},
+            retry_after_s=self._retry_after_s,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code.value!r}, message={self._message!r})"
@@ -164,6 +178,29 @@ class Internal(ServeflowError):
     """Anything unexpected. The message never carries a traceback; the log does."""
 
     code = ErrorCode.INTERNAL
+
+
+def classify(exc: BaseException, *, trace_id: str | None = None) -> ServeflowError:
+    """Return ``exc`` if it is already a ServeflowError, else an ``internal`` one.
+
+    The original exception's traceback is logged here, once, so callers can
+    answer the client without ever exposing it.
+    """
+    if isinstance(exc, ServeflowError):
+        return exc
+    logger.error("unexpected error (trace_id=%s)", trace_id, exc_info=exc)
+    details = {"trace_id": trace_id} if trace_id else {}
+    return Internal("internal error; see server logs for this trace id", details=details)
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    """JSON-safe summary of a pydantic error: where and what, never the input."""
+    return {
+        "errors": [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+    }
 
 
 def error_text(exc: BaseException) -> str:

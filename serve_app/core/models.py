@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Self
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.core import jsonio
 from serve_app.core.errors import ServeflowError
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
@@ -19,6 +22,12 @@ class ErrorInfo(BaseModel):
     message: str = Field(description="Human readable message.")
     retryable: bool = Field(description="Whether the same request may succeed if retried.")
     details: dict[str, Any] = Field(default_factory=dict, description="Structured, JSON-safe details.")
+
+    @field_validator("message", "details", mode="after")
+    @classmethod
+    def _renderable(cls, value: Any) -> Any:
+        # Messages quote handler exceptions; whatever they hold, the envelope must render.
+        return jsonio.repair(value)
 
     @classmethod
     def from_error(cls, err: ServeflowError) -> ErrorInfo:
@@ -44,35 +53,63 @@ class TaskRequest(BaseModel):
     )
 
 
-class TaskResult(BaseModel):
-    """The one envelope returned for every task, success or failure."""
+class Envelope(BaseModel):
+    """What every answer shares, success or failure. Every field is always rendered (null when
+    unset), the same way for tasks and runs, over HTTP and in the gRPC trailer."""
 
-    task_id: str | None = None
-    task_type: str | None = None
     success: bool
-    result: Any = None
     error: ErrorInfo | None = None
     duration_ms: float = 0.0
     trace_id: str | None = None
 
     @classmethod
-    def failure(
-        cls,
-        err: ServeflowError,
-        *,
-        task_id: str | None = None,
-        task_type: str | None = None,
-        duration_ms: float = 0.0,
-        trace_id: str | None = None,
-    ) -> TaskResult:
-        return cls(
-            task_id=task_id,
-            task_type=task_type,
-            success=False,
-            error=ErrorInfo.from_error(err),
-            duration_ms=duration_ms,
-            trace_id=trace_id,
-        )
+    def failure(cls, err: ServeflowError, **fields: Any) -> Self:
+        """The failure answer for ``err``; ``fields`` fill in what is known (ids, duration)."""
+        return cls(success=False, error=ErrorInfo.from_error(err), **fields)
+
+
+class TaskResult(Envelope):
+    """The one envelope returned for every task, success or failure."""
+
+    task_id: str | None = None
+    task_type: str | None = None
+    result: Any = None
+
+
+class StartRunRequest(BaseModel):
+    """Body of POST /v1/workflows/{name}/runs (gRPC StartRun)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(default_factory=dict, description="The run input, referenced as ${input.x}.")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Same key -> same run, no duplicate work."
+    )
+    wait: bool = Field(False, description="Wait for the run to finish (up to wait_timeout_s) before answering.")
+    wait_timeout_s: float = Field(60.0, gt=0, le=600)
+
+
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class ListRunsQuery(BaseModel):
+    """Query of GET /v1/runs (gRPC ListRuns). Unknown parameters are ignored (cache busters)."""
+
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = Field(
+        None, description="Only runs in this status."
+    )
+    workflow: str | None = Field(None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Only this workflow.")
+    limit: int = Field(50, ge=1, le=1000, description="At most this many runs, newest first.")
+
+
+class RunResult(Envelope):
+    """The envelope of every workflow-run answer."""
+
+    run_id: str | None = None
+    workflow: str | None = None
+    created: bool | None = Field(None, description="On start: false when an idempotency key returned an existing run.")
+    run: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] | None = None
 
 
 class WorkItem(BaseModel):

@@ -49,6 +49,12 @@ class WorkflowsConfig(_Strict):
     store: Literal["sqlite", "memory"] = Field("sqlite", description="memory = nothing survives a restart.")
     store_path: str = Field("~/.serveflow/serveflow.sqlite3", description="SQLite file (created if missing).")
     lease_s: float = Field(10.0, gt=0, le=600, description="How long a Coordinator owns a run without renewing.")
+    step_start_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="How long a step may be refused by its pool (not ready, overloaded) before it fails, retryable.",
+    )
     definitions: list[dict[str, Any]] = Field(default_factory=list, description="Inline workflow definitions.")
     files: list[str] = Field(default_factory=list, description="YAML files with definitions, read at deploy time.")
     modules: list[str] = Field(

@@ -14,12 +14,14 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from serve_app.runtime import tracing
 from serve_app.runtime.config import AppConfig
-from serve_app.ingress.pipeline import classify
-from serve_app.core.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType
+from serve_app.core.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType, classify
+from serve_app.core.retry import Backoff
 from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.runtime.telemetry import TaskObserver
 
 PoolCaller = Callable[[str, WorkItem], Awaitable[TaskResult]]
+# Between re-sends of an idempotent task whose replica died (Serve starts a new one meanwhile).
+_RESEND_BACKOFF = Backoff(initial_s=0.2, max_s=2.0)
 Clock = Callable[[], float]
 
 
@@ -103,9 +105,8 @@ class Dispatcher:
             trace_id = tracing.trace_id_hex(span)
             try:
                 result = await self._run(req, task_id)
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            except Exception as exc:
+                # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
                 tracing.record_error(span, err)
                 result = TaskResult.failure(err, task_id=task_id, task_type=req.task_type)
@@ -132,7 +133,7 @@ class Dispatcher:
             except Unavailable:
                 if attempt == retries:
                     raise
-                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+                await asyncio.sleep(_RESEND_BACKOFF.delay(attempt + 1))
         raise AssertionError("unreachable")
 
     async def _run(self, req: TaskRequest, task_id: str) -> TaskResult:

@@ -1,10 +1,9 @@
-"""Resource snapshots (local via psutil) and the retry schedule for Ray's state API."""
+"""Resource snapshots: local via psutil, or the cluster view from Ray's state API."""
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import psutil
 
@@ -52,30 +51,3 @@ def cluster_snapshot(
             for n in nodes
         ],
     }
-
-
-class Backoff:
-    """Exponential backoff for retrying a failing dependency (pure; clock injected)."""
-
-    def __init__(self, *, initial_s: float = 1.0, max_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self._initial = initial_s
-        self._max = max_s
-        self._clock = clock
-        self._delay = 0.0
-        self._next = 0.0
-        self.failures = 0
-
-    def due(self) -> bool:
-        return self._clock() >= self._next
-
-    def failed(self) -> float:
-        """Record a failure; returns the delay before the next attempt."""
-        self.failures += 1
-        self._delay = self._initial if self._delay == 0 else min(self._delay * 2, self._max)
-        self._next = self._clock() + self._delay
-        return self._delay
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self._delay = 0.0
-        self._next = 0.0

@@ -18,24 +18,15 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from serve_app.core import jsonio
 from serve_app.runtime import tracing
-from serve_app.core.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed
+from serve_app.core.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed, validation_details
 from serve_app.runtime.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
 from serve_app.core.models import TaskResult, WorkItem
 
 logger = logging.getLogger("serveflow.runner")
 
 _ANY = TypeAdapter(Any)
-
-
-def validation_details(exc: ValidationError) -> dict[str, Any]:
-    """JSON-safe summary of a pydantic error: where and what, never the input."""
-    return {
-        "errors": [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-    }
 
 
 class HandlerRunner:
@@ -90,26 +81,42 @@ class HandlerRunner:
         if spec is None:
             raise UnknownTaskType(f"task type {item.task_type!r} is not served by this pool")
         arg = self._validate(spec, item.payload)
+        if spec.is_async:
+            future: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(arg))  # type: ignore[arg-type]
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, spec.fn, arg)
+        # Only the deadline is a timeout: a TimeoutError the handler raises itself (a socket
+        # timeout, say) is the handler's failure, so the two are told apart by who ended the wait.
         try:
-            if spec.is_async:
-                value = await asyncio.wait_for(spec.fn(arg), item.timeout_s)  # type: ignore[arg-type]
-            else:
-                value = await self._call_sync(spec, arg, item.timeout_s)
+            done, _ = await asyncio.wait({future}, timeout=item.timeout_s)
+        except asyncio.CancelledError:
+            future.cancel()  # the caller went away: so does the handler coroutine
+            raise
+        if not done:
+            self._abandon(future, sync=not spec.is_async)
+            raise TaskTimeout(
+                f"task {item.task_type!r} exceeded its {item.timeout_s:g}s deadline", details={"timeout_s": item.timeout_s}
+            )
+        try:
+            value = future.result()
         except ServeflowError:
             raise
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise TaskTimeout(
-                f"task {item.task_type!r} exceeded its {item.timeout_s:g}s deadline",
-                details={"timeout_s": item.timeout_s},
-            ) from exc
         except Exception as exc:
             raise self._handler_failure(spec, item, exc) from exc
+        return self._renderable(item, value)
+
+    @staticmethod
+    def _renderable(item: WorkItem, value: Any) -> Any:
+        """The handler's value as plain JSON that every later read can render, or a HandlerError."""
         try:
-            return _ANY.dump_python(value, mode="json")
+            value = _ANY.dump_python(value, mode="json")
         except Exception as exc:
             raise HandlerError(
                 f"handler for {item.task_type!r} returned a value that is not JSON-serializable: {type(value).__name__}"
             ) from exc
+        return jsonio.checked(
+            value, lambda why: HandlerError(f"handler for {item.task_type!r} returned a value that cannot be rendered: {why}")
+        )
 
     @staticmethod
     def _validate(spec: HandlerSpec, payload: dict[str, Any]) -> Any:
@@ -122,17 +129,12 @@ class HandlerRunner:
                 f"payload does not match the input of {spec.task_type!r}", details=validation_details(exc)
             ) from exc
 
-    async def _call_sync(self, spec: HandlerSpec, arg: Any, timeout_s: float) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, spec.fn, arg)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError:
-            if not future.done():
-                self._mark_stuck(future)
-            raise
-
-    def _mark_stuck(self, future: asyncio.Future[Any]) -> None:
+    def _abandon(self, future: asyncio.Future[Any], *, sync: bool) -> None:
+        """Give up on a call past its deadline: a coroutine is cancelled; a thread cannot be, so it
+        counts as stuck until it returns."""
+        if not sync:
+            future.cancel()
+            return
         with self._stuck_lock:
             self._stuck += 1
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.core.errors import ErrorCode
+from serve_app.core.retry import Backoff
 from serve_app.core.models import NAME_PATTERN
 
 _REF = re.compile(r"^\$\{([^{}]+)\}$")
@@ -62,8 +63,8 @@ class StepRetry(_Strict):
         return self
 
     def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt number ``attempt`` (1-based)."""
-        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        """Seconds to wait after failed attempt ``attempt`` (the shared :class:`Backoff` formula)."""
+        return Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier).delay(attempt)
 
     def should_retry(self, attempt: int, code: str, retryable: bool) -> bool:
         return attempt < self.max_attempts and (code in self.retry_on or (self.retry_retryable and retryable))

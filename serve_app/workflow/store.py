@@ -14,84 +14,81 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
+from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
+from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
 
 T = TypeVar("T")
 
 
+class LeaseLost(Exception):
+    """A fenced write was refused: this owner no longer holds the run at this epoch.
+
+    Another Coordinator claimed it (our lease lapsed); the caller must stop
+    driving the run at once and write nothing more for it."""
+
+    def __init__(self, run_id: str, lease: Lease) -> None:
+        super().__init__(f"lease on run {run_id} lost by {lease.owner} (epoch {lease.epoch})")
+        self.run_id = run_id
+        self.lease = lease
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who drives a run, and since which claim. Every write names it; a claim bumps the epoch."""
+
+    owner: str
+    epoch: int
+
+
 class RunStore(Protocol):
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
-        """Insert ``run`` (leased to ``owner``), or return the run already holding its idempotency key.
-
-        Returns ``(run, created)``. Raises :class:`Conflict` when the key exists
-        with a different request.
-        """
+        """Insert ``run`` (leased to ``owner`` at epoch 1), or return the run already holding its
+        idempotency key. Returns ``(run, created)``. Raises :class:`Conflict` when the key exists
+        with a different request."""
 
     async def get_run(self, run_id: str) -> RunState | None: ...
     async def get_spec(self, run_id: str) -> str: ...
     async def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]: ...
-    async def save_run(self, run: RunState) -> None:
-        """Persist run-level fields (status, output, error, times)."""
+    async def save_run(self, run: RunState, lease: Lease) -> None:
+        """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not ``lease``'s."""
 
-    async def save_step(self, run_id: str, step: StepState) -> None: ...
-    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[str]:
-        """Lease unfinished runs nobody holds (lease expired) to ``owner``; returns their ids."""
+    async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
+        """Persist one step; :class:`LeaseLost` if the run is not ``lease``'s."""
 
-    async def renew(self, owner: str, run_ids: list[str], lease_s: float) -> None: ...
-    async def release(self, owner: str, run_id: str) -> None: ...
+    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
+        """Lease unfinished runs whose lease expired to ``owner``, each at a new epoch; returns
+        ``(run_id, epoch)`` pairs. Never re-claims a run ``owner`` released or still holds."""
+
+    async def renew(self, owner: str, epochs: Mapping[str, int], lease_s: float) -> list[str]:
+        """Extend the leases held at these epochs; returns the run ids whose lease was lost."""
+
+    async def release(self, run_id: str, lease: Lease) -> None:
+        """Give the run up so the next claimant takes it at once (no-op if not ours)."""
+
     async def request_cancel(self, run_id: str) -> bool: ...
     async def cancel_requested(self, run_id: str) -> bool: ...
     def close(self) -> None: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    workflow TEXT NOT NULL,
-    status TEXT NOT NULL,
-    input_json TEXT NOT NULL,
-    output_json TEXT,
-    error_json TEXT,
-    idempotency_key TEXT UNIQUE,
-    request_hash TEXT NOT NULL,
-    spec_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    trace_id TEXT,
-    owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created_at);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    task_type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    started_at REAL,
-    finished_at REAL,
-    result_json TEXT,
-    error_json TEXT,
-    PRIMARY KEY (run_id, name)
-);
-"""
-
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 
 
 def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else jsonio.dumps(value)
 
 
 def _error(raw: str | None) -> ErrorInfo | None:
-    return None if raw is None else ErrorInfo.model_validate_json(raw)
+    return None if raw is None else ErrorInfo.model_validate(jsonio.load_stored(raw))
+
+
+def _error_json(error: ErrorInfo | None) -> str | None:
+    return None if error is None else error.model_dump_json()
 
 
 class SqliteRunStore:
@@ -106,7 +103,7 @@ class SqliteRunStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        migrate_sqlite(self._db, SQLITE_MIGRATIONS)
 
     async def _io(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -140,12 +137,12 @@ class SqliteRunStore:
                     return row[0], False
             db.execute(
                 "INSERT INTO runs (run_id, workflow, status, input_json, idempotency_key, request_hash, spec_json,"
-                " created_at, trace_id, owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, trace_id, owner, lease_until, lease_epoch) VALUES (?,?,?,?,?,?,?,?,?,?,?,1)",
                 (
                     run.run_id,
                     run.workflow,
                     run.status.value,
-                    json.dumps(run.input),
+                    jsonio.dumps(run.input),
                     run.idempotency_key,
                     request_hash,
                     spec_json,
@@ -184,7 +181,7 @@ class SqliteRunStore:
                 attempts=r[3],
                 started_at=r[4],
                 finished_at=r[5],
-                result=None if r[6] is None else json.loads(r[6]),
+                result=jsonio.load_stored(r[6]),
                 error=_error(r[7]),
             )
             for r in self._db.execute(
@@ -197,8 +194,8 @@ class SqliteRunStore:
             run_id=row[0],
             workflow=row[1],
             status=RunStatus(row[2]),
-            input=json.loads(row[3]),
-            output=None if row[4] is None else json.loads(row[4]),
+            input=jsonio.load_stored(row[3]),
+            output=jsonio.load_stored(row[4]),
             error=_error(row[5]),
             idempotency_key=row[6],
             created_at=row[7],
@@ -232,65 +229,73 @@ class SqliteRunStore:
 
         return await self._io(op)
 
-    async def save_run(self, run: RunState) -> None:
-        await self._io(
-            lambda: self._db.execute(
-                "UPDATE runs SET status=?, output_json=?, error_json=?, started_at=?, finished_at=? WHERE run_id=?",
-                (
-                    run.status.value,
-                    _dump(run.output),
-                    None if run.error is None else run.error.model_dump_json(),
-                    run.started_at,
-                    run.finished_at,
-                    run.run_id,
-                ),
-            )
-        )
+    def _fenced(self, run_id: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
+        """Run an UPDATE of ``run_id`` only while ``lease`` holds it (one statement, no race)."""
+        with self._lock:
+            cur = self._db.execute(sql, params)
+        if cur.rowcount == 0:
+            raise LeaseLost(run_id, lease)
 
-    async def save_step(self, run_id: str, step: StepState) -> None:
-        await self._io(
-            lambda: self._db.execute(
-                "UPDATE steps SET status=?, attempts=?, started_at=?, finished_at=?, result_json=?, error_json=?"
-                " WHERE run_id=? AND name=?",
-                (
-                    step.status.value,
-                    step.attempts,
-                    step.started_at,
-                    step.finished_at,
-                    _dump(step.result),
-                    None if step.error is None else step.error.model_dump_json(),
-                    run_id,
-                    step.name,
-                ),
-            )
-        )
+    _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
-    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[str]:
-        def op(db: sqlite3.Connection) -> list[str]:
+    async def save_run(self, run: RunState, lease: Lease) -> None:
+        sql = (
+            "UPDATE runs SET status=?, output_json=?, error_json=?, started_at=?, finished_at=?"
+            " WHERE run_id=? AND owner=? AND lease_epoch=?"
+        )
+        params = (
+            run.status.value, _dump(run.output), _error_json(run.error), run.started_at, run.finished_at,
+            run.run_id, lease.owner, lease.epoch,
+        )
+        await asyncio.to_thread(self._fenced, run.run_id, lease, sql, params)
+
+    async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
+        sql = (
+            "UPDATE steps SET status=?, attempts=?, started_at=?, finished_at=?, result_json=?, error_json=?"
+            f" WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
+        )
+        params = (
+            step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error),
+            run_id, step.name, run_id, lease.owner, lease.epoch,
+        )
+        await asyncio.to_thread(self._fenced, run_id, lease, sql, params)
+
+    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
+        def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
             now = self._clock()
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT run_id FROM runs WHERE status IN (?, ?) AND (lease_until < ? OR owner = ?)"
-                    " ORDER BY created_at LIMIT ?",
-                    (*_UNFINISHED, now, owner, limit),
-                )
-            ]
-            db.executemany("UPDATE runs SET owner=?, lease_until=? WHERE run_id=?", [(owner, now + lease_s, i) for i in ids])
-            return ids
+            rows = db.execute(
+                "SELECT run_id, lease_epoch FROM runs WHERE status IN (?, ?) AND lease_until < ? ORDER BY created_at LIMIT ?",
+                (*_UNFINISHED, now, limit),
+            ).fetchall()
+            claimed = [(run_id, epoch + 1) for run_id, epoch in rows]
+            db.executemany(
+                "UPDATE runs SET owner=?, lease_until=?, lease_epoch=? WHERE run_id=?",
+                [(owner, now + lease_s, epoch, run_id) for run_id, epoch in claimed],
+            )
+            return claimed
 
         return await self._io(lambda: self._tx(op))
 
-    async def renew(self, owner: str, run_ids: list[str], lease_s: float) -> None:
-        until = self._clock() + lease_s
+    async def renew(self, owner: str, epochs: Mapping[str, int], lease_s: float) -> list[str]:
+        def op(db: sqlite3.Connection) -> list[str]:
+            until = self._clock() + lease_s
+            lost = []
+            for run_id, epoch in epochs.items():
+                cur = db.execute(
+                    "UPDATE runs SET lease_until=? WHERE run_id=? AND owner=? AND lease_epoch=?", (until, run_id, owner, epoch)
+                )
+                if cur.rowcount == 0:
+                    lost.append(run_id)
+            return lost
+
+        return await self._io(lambda: self._tx(op))
+
+    async def release(self, run_id: str, lease: Lease) -> None:
         await self._io(
-            lambda: self._db.executemany(
-                "UPDATE runs SET lease_until=? WHERE run_id=? AND owner=?", [(until, i, owner) for i in run_ids]
+            lambda: self._db.execute(
+                "UPDATE runs SET lease_until=0 WHERE run_id=? AND owner=? AND lease_epoch=?", (run_id, lease.owner, lease.epoch)
             )
         )
-
-    async def release(self, owner: str, run_id: str) -> None:
-        await self._io(lambda: self._db.execute("UPDATE runs SET lease_until=0 WHERE run_id=? AND owner=?", (run_id, owner)))
 
     async def request_cancel(self, run_id: str) -> bool:
         cur = await self._io(lambda: self._db.execute("UPDATE runs SET cancel_requested=1 WHERE run_id=?", (run_id,)))
@@ -328,6 +333,7 @@ class MemoryRunStore:
             "spec": spec_json,
             "owner": owner,
             "lease": self._clock() + lease_s,
+            "epoch": 1,
             "cancel": False,
         }
         if run.idempotency_key is not None:
@@ -348,35 +354,48 @@ class MemoryRunStore:
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return [r.model_copy(deep=True) for r in runs[:limit]]
 
-    async def save_run(self, run: RunState) -> None:
+    def _check(self, run_id: str, lease: Lease) -> None:
+        meta = self._meta.get(run_id, {})
+        if (meta.get("owner"), meta.get("epoch")) != (lease.owner, lease.epoch):
+            raise LeaseLost(run_id, lease)
+
+    async def save_run(self, run: RunState, lease: Lease) -> None:
+        self._check(run.run_id, lease)
         stored = self._runs[run.run_id]
         self._runs[run.run_id] = stored.model_copy(
             update={k: getattr(run, k) for k in ("status", "output", "error", "started_at", "finished_at")}, deep=True
         )
 
-    async def save_step(self, run_id: str, step: StepState) -> None:
+    async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
+        self._check(run_id, lease)
         run = self._runs[run_id]
         run.steps = [step.model_copy(deep=True) if s.name == step.name else s for s in run.steps]
 
-    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[str]:
+    async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         now = self._clock()
         ids = [
             i
             for i, r in sorted(self._runs.items(), key=lambda kv: kv[1].created_at)
-            if r.status.value in _UNFINISHED and (self._meta[i]["lease"] < now or self._meta[i]["owner"] == owner)
+            if r.status.value in _UNFINISHED and self._meta[i]["lease"] < now
         ][:limit]
         for i in ids:
-            self._meta[i].update(owner=owner, lease=now + lease_s)
-        return ids
+            self._meta[i].update(owner=owner, lease=now + lease_s, epoch=self._meta[i]["epoch"] + 1)
+        return [(i, self._meta[i]["epoch"]) for i in ids]
 
-    async def renew(self, owner: str, run_ids: list[str], lease_s: float) -> None:
-        for i in run_ids:
-            if self._meta.get(i, {}).get("owner") == owner:
-                self._meta[i]["lease"] = self._clock() + lease_s
+    async def renew(self, owner: str, epochs: Mapping[str, int], lease_s: float) -> list[str]:
+        lost = []
+        for run_id, epoch in epochs.items():
+            meta = self._meta.get(run_id, {})
+            if (meta.get("owner"), meta.get("epoch")) == (owner, epoch):
+                meta["lease"] = self._clock() + lease_s
+            else:
+                lost.append(run_id)
+        return lost
 
-    async def release(self, owner: str, run_id: str) -> None:
-        if self._meta.get(run_id, {}).get("owner") == owner:
-            self._meta[run_id]["lease"] = 0.0
+    async def release(self, run_id: str, lease: Lease) -> None:
+        meta = self._meta.get(run_id, {})
+        if (meta.get("owner"), meta.get("epoch")) == (lease.owner, lease.epoch):
+            meta["lease"] = 0.0
 
     async def request_cancel(self, run_id: str) -> bool:
         if run_id not in self._meta:

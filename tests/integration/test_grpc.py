@@ -13,7 +13,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from serve_app.client.sdk import AsyncServeflowClient, RetryPolicy, ServeflowClient
-from serve_app.ingress.grpc import ENVELOPE_KEY
+from serve_app.core.codec import ENVELOPE_KEY
 from serve_app.core.models import TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
@@ -35,9 +35,9 @@ def _call(stub: pb_grpc.TaskServiceStub, req: pb.TaskRequest, timeout: float = 3
         trailers = dict(err.trailing_metadata() or ())
         assert ENVELOPE_KEY in trailers, f"no envelope in trailers: {err.code()} {err.details()}"
         return err.code(), TaskResult.model_validate_json(trailers[ENVELOPE_KEY]), err.details() or ""
-    from serve_app.ingress.grpc import result_from_proto
+    from serve_app.core.codec import task_from_proto
 
-    return grpc.StatusCode.OK, result_from_proto(msg), ""
+    return grpc.StatusCode.OK, task_from_proto(msg), ""
 
 
 CASES = [

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app.ingress.grpc import ENVELOPE_KEY
+from serve_app.core.codec import ENVELOPE_KEY
 from serve_app.proto import serveflow_pb2 as pb
 from tests.integration.conftest import wait_until
 from tests.integration.faults import assert_nothing_lost, load, replica_pids, report_line, sigkill_replica, start_load
@@ -41,6 +41,8 @@ def test_worker_sigkill_idle_and_in_flight(serve_instance: dict[str, Any], http:
     print(report_line("idle kill", idle))
     assert_nothing_lost(idle, allowed_codes=RETRYABLE)
     wait_until(lambda: _general_pids() and old not in _general_pids(), 60, what="replacement replica")
+    # The in-flight kill below needs tasks in flight: wait until the manager reports the new replica ready.
+    wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="general pool ready again")
 
     # In flight: two loads of 0.5 s tasks, one declared idempotent; kill mid-way.
     sleep = {"task_type": "sleep", "payload": {"seconds": 0.5}, "count": 24, "workers": 4}

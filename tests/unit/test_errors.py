@@ -3,7 +3,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from serve_app.ingress.pipeline import classify, grpc_status, http_headers, http_status
+from serve_app.core.codec import grpc_status, http_headers, http_status
+from serve_app.core.errors import classify
 from serve_app.core.errors import (
     ErrorCode,
     HandlerError,

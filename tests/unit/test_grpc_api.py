@@ -10,10 +10,11 @@ import pytest
 
 from serve_app.client.sdk import AsyncServeflowClient, RetryPolicy
 from serve_app.runtime.config import AppConfig
-from serve_app.ingress.grpc import ENVELOPE_KEY, result_from_proto, result_to_proto, task_request_from_proto
+from serve_app.core.codec import ENVELOPE_KEY, task_from_proto, task_to_proto
 from serve_app.core.models import ErrorInfo, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
+from serve_app.ingress.operations import Backend
 from serve_app.testing import in_process_dispatcher, local_grpc_servicer
 
 pytestmark = pytest.mark.anyio
@@ -25,10 +26,10 @@ async def _status() -> dict[str, Any]:
 
 @pytest.fixture
 async def target(config: AppConfig) -> AsyncIterator[str]:
-    dispatcher, _, pools = in_process_dispatcher(config)
+    dispatcher, board, pools = in_process_dispatcher(config)
     server = grpc.aio.server()
     pb_grpc.add_TaskServiceServicer_to_server(
-        local_grpc_servicer(dispatcher, _status, max_payload_bytes=config.max_body_bytes), server
+        local_grpc_servicer(Backend(dispatcher, board, _status), max_payload_bytes=config.max_body_bytes), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -42,7 +43,7 @@ async def _raw(target: str, req: pb.TaskRequest) -> tuple[grpc.StatusCode, TaskR
         stub = pb_grpc.TaskServiceStub(ch)
         try:
             msg = await stub.SubmitTask(req, timeout=10)
-            return grpc.StatusCode.OK, result_from_proto(msg), ""
+            return grpc.StatusCode.OK, task_from_proto(msg), ""
         except grpc.aio.AioRpcError as err:
             trailers = dict(err.trailing_metadata() or ())
             env = TaskResult.model_validate_json(trailers[ENVELOPE_KEY]) if ENVELOPE_KEY in trailers else None
@@ -91,14 +92,9 @@ def test_proto_round_trip_keeps_json_exactly() -> None:
         duration_ms=3.0,
         trace_id="0" * 32,
     )
-    assert result_from_proto(result_to_proto(res)) == res
+    assert task_from_proto(task_to_proto(res)) == res
     ok = TaskResult(task_id="b", success=True, result={"n": 2**60, "l": [1, "x", None]})
-    assert result_from_proto(result_to_proto(ok)).result == {"n": 2**60, "l": [1, "x", None]}
-
-
-def test_task_request_from_proto_defaults() -> None:
-    req = task_request_from_proto(pb.TaskRequest(task_type="echo"), max_payload_bytes=100)
-    assert req.payload == {} and req.task_id is None and req.timeout_s is None
+    assert task_from_proto(task_to_proto(ok)).result == {"n": 2**60, "l": [1, "x", None]}
 
 
 async def test_async_client_success_status_and_no_retry_for_handler_errors(target: str) -> None:

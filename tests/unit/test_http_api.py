@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from serve_app.runtime.config import AppConfig
 from serve_app.ingress.http import build_http_app
+from serve_app.ingress.operations import Backend
 from serve_app.testing import in_process_dispatcher
 
 
@@ -20,7 +21,7 @@ async def _status() -> dict[str, Any]:
 @pytest.fixture
 def client(config: AppConfig) -> Iterator[TestClient]:
     dispatcher, board, pools = in_process_dispatcher(config)
-    app = build_http_app(dispatcher, board, _status, max_body_bytes=config.max_body_bytes)
+    app = build_http_app(Backend(dispatcher, board, _status), max_body_bytes=config.max_body_bytes)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
     pools.close()
@@ -48,7 +49,7 @@ def test_success(client: TestClient) -> None:
     "raw, status, code",
     [
         (b"{not json", 400, "invalid_request"),
-        (b"", 400, "invalid_request"),
+        (b"", 422, "validation_error"),  # an empty body is {}: task_type is missing
         (b"[1,2]", 422, "validation_error"),
         (b'{"task_type": "echo", "extra": 1}', 422, "validation_error"),
         (b'{"task_type": "bad type!"}', 422, "validation_error"),
@@ -89,7 +90,7 @@ def test_routing_errors_are_enveloped(client: TestClient) -> None:
 
 def test_not_ready_before_readiness_known(config: AppConfig) -> None:
     dispatcher, board, pools = in_process_dispatcher(config, ready=False)
-    app = build_http_app(dispatcher, board, _status, max_body_bytes=config.max_body_bytes)
+    app = build_http_app(Backend(dispatcher, board, _status), max_body_bytes=config.max_body_bytes)
     with TestClient(app) as c:
         r = c.post("/v1/tasks", json={"task_type": "echo", "payload": {"message": "x"}})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -110,7 +111,7 @@ def test_unexpected_exception_becomes_internal(config: AppConfig) -> None:
     async def broken_status() -> dict[str, Any]:
         raise RuntimeError("/internal/path/secret.py exploded")
 
-    app = build_http_app(dispatcher, board, broken_status, max_body_bytes=config.max_body_bytes)
+    app = build_http_app(Backend(dispatcher, board, broken_status), max_body_bytes=config.max_body_bytes)
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/v1/status")
     assert r.status_code == 500

@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from serve_app.runtime.config import AppConfig
 from serve_app.ingress.http import build_http_app
+from serve_app.ingress.operations import Backend
 from serve_app.testing import in_process_dispatcher
 from serve_app.workflow.api import RunService
 from serve_app.workflow.engine import RunEngine
@@ -26,7 +27,7 @@ def client(config: AppConfig, tmp_path: Any) -> Iterator[TestClient]:
     dispatcher, board, pools = in_process_dispatcher(config)
     store = SqliteRunStore(str(tmp_path / "runs.sqlite3"))
     runs = RunService(RunEngine(store, dispatcher.submit, WORKFLOWS, owner="t", lease_s=5))
-    app = build_http_app(dispatcher, board, _status, max_body_bytes=config.max_body_bytes, runs=runs)
+    app = build_http_app(Backend(dispatcher, board, _status, runs), max_body_bytes=config.max_body_bytes)
     with TestClient(app) as c:
         yield c
     store.close()

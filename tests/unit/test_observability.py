@@ -17,6 +17,7 @@ from serve_app.runtime import tracing
 from serve_app.runtime.config import AppConfig
 from serve_app.runtime.dispatch import Dispatcher
 from serve_app.ingress.http import build_http_app
+from serve_app.ingress.operations import Backend
 from serve_app.runtime.telemetry import TaskStats
 from serve_app.testing import in_process_dispatcher
 from serve_app.workflow.api import RunService
@@ -48,7 +49,7 @@ def app(config: AppConfig) -> Iterator[tuple[TestClient, TaskStats]]:
     async def status() -> dict[str, Any]:
         return {"status": "healthy", "tasks": stats.snapshot()}
 
-    with TestClient(build_http_app(dispatcher, board, status, max_body_bytes=4096, runs=runs)) as c:
+    with TestClient(build_http_app(Backend(dispatcher, board, status, runs), max_body_bytes=4096)) as c:
         yield c, stats
     pools.close()
 

@@ -16,9 +16,10 @@ from serve_app.client.sdk import AsyncServeflowClient
 from serve_app.runtime.config import AppConfig
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.core.errors import Unavailable, Unauthenticated
-from serve_app.ingress.grpc import ENVELOPE_KEY
+from serve_app.core.codec import ENVELOPE_KEY
 from serve_app.ingress.servicer import add_TaskServiceServicer_to_server
 from serve_app.ingress.http import build_http_app
+from serve_app.ingress.operations import Backend
 from serve_app.client.load import LoadConfig, run_load
 from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.testing import in_process_dispatcher, local_grpc_servicer
@@ -43,7 +44,7 @@ def test_bearer_auth() -> None:
 @pytest.fixture
 def secured(config: AppConfig) -> Iterator[TestClient]:
     dispatcher, board, pools = in_process_dispatcher(config)
-    app = build_http_app(dispatcher, board, _status, max_body_bytes=config.max_body_bytes, auth=BearerAuth(TOKEN))
+    app = build_http_app(Backend(dispatcher, board, _status), max_body_bytes=config.max_body_bytes, auth=BearerAuth(TOKEN))
     with TestClient(app) as c:
         yield c
     pools.close()
@@ -62,11 +63,11 @@ def test_http_auth(secured: TestClient) -> None:
 
 @pytest.fixture
 async def grpc_target(config: AppConfig) -> AsyncIterator[str]:
-    dispatcher, _, pools = in_process_dispatcher(config)
+    dispatcher, board, pools = in_process_dispatcher(config)
     server = grpc.aio.server()
     # The same servicer function Serve's proxy uses: tolerant deserializers.
     add_TaskServiceServicer_to_server(
-        local_grpc_servicer(dispatcher, _status, max_payload_bytes=config.max_body_bytes, auth_token=TOKEN), server
+        local_grpc_servicer(Backend(dispatcher, board, _status), max_payload_bytes=config.max_body_bytes, auth_token=TOKEN), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -166,7 +167,7 @@ def fuzz_client() -> Iterator[TestClient]:
 
     config = AppConfig.from_args(UNIT_ARGS)
     dispatcher, board, pools = in_process_dispatcher(config)
-    with TestClient(build_http_app(dispatcher, board, _status, max_body_bytes=config.max_body_bytes)) as c:
+    with TestClient(build_http_app(Backend(dispatcher, board, _status), max_body_bytes=config.max_body_bytes)) as c:
         yield c
     pools.close()
 

@@ -5,7 +5,8 @@ import asyncio
 import pytest
 
 from serve_app.runtime.loops import PeriodicTask
-from serve_app.runtime.resources import Backoff, cluster_snapshot, local_snapshot
+from serve_app.core.retry import Backoff, RetryClock
+from serve_app.runtime.resources import cluster_snapshot, local_snapshot
 
 
 def test_local_snapshot_measures_this_machine() -> None:
@@ -25,7 +26,7 @@ def test_cluster_snapshot_shapes() -> None:
 
 def test_backoff_doubles_and_resets() -> None:
     now = [0.0]
-    b = Backoff(initial_s=1, max_s=5, clock=lambda: now[0])
+    b = RetryClock(Backoff(initial_s=1, max_s=5), clock=lambda: now[0])
     assert b.due()
     assert [b.failed() for _ in range(5)] == [1, 2, 4, 5, 5]
     assert not b.due()
@@ -33,6 +34,16 @@ def test_backoff_doubles_and_resets() -> None:
     assert b.due()
     b.succeeded()
     assert b.failures == 0 and b.failed() == 1
+
+
+def test_one_backoff_formula_with_jitter_floor_and_cap() -> None:
+    plain = Backoff(initial_s=0.1, max_s=0.3)
+    assert [plain.delay(a) for a in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+    assert plain.delay(10**6) == 0.3  # no overflow for absurd attempt counts
+    jittered = Backoff(initial_s=1, max_s=4, jitter=True)
+    assert jittered.delay(3, rand=lambda: 0.5) == 2.0
+    assert jittered.delay(3, rand=lambda: 0.0, floor_s=1.5) == 1.5  # e.g. the server's Retry-After
+    assert jittered.delay(1, rand=lambda: 0.0, floor_s=99) == 4  # a floor never exceeds the cap
 
 
 @pytest.mark.anyio

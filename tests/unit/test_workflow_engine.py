@@ -13,7 +13,7 @@ from serve_app.core.errors import Conflict
 from serve_app.workflow import WorkflowSpec, validate
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
-from serve_app.workflow.store import MemoryRunStore, RunStore, SqliteRunStore
+from serve_app.workflow.store import Lease, MemoryRunStore, RunStore, SqliteRunStore
 from serve_app.testing import in_process_dispatcher
 
 pytestmark = pytest.mark.anyio
@@ -211,12 +211,12 @@ class SlowSuccessStore(MemoryRunStore):
     """Opens the window where the race lived: step 'c' is slow to record its success,
     and step 'b' (also needed by 'd') finishes inside that window."""
 
-    async def save_step(self, run_id: str, step: StepState) -> None:  # type: ignore[override]
+    async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         if step.name == "c" and step.status is StepStatus.SUCCEEDED:
             await asyncio.sleep(0.5)
         if step.name == "b" and step.status is StepStatus.RUNNING:
             await asyncio.sleep(0.1)
-        await super().save_step(run_id, step)
+        await super().save_step(run_id, step, lease)
 
 
 async def test_dependant_waits_for_recorded_result_not_status(config: AppConfig) -> None:

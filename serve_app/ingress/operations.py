@@ -1,0 +1,129 @@
+"""What the API does, protocol-neutral: one :class:`Operation` per action, and the HTTP
+route table that the Starlette adapter and the OpenAPI document are both built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from serve_app.core.errors import MethodNotAllowed, NotFound, NotReady
+from serve_app.core.models import ListRunsQuery, RunResult, StartRunRequest, TaskRequest
+from serve_app.ingress.pipeline import Call, Operation, Reply
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.workflow.api import RunService
+
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The services behind the API (the Coordinator's, or in-process ones in tests)."""
+
+    dispatcher: Dispatcher
+    readiness: ReadinessBoard
+    status: StatusProvider
+    runs: RunService | None = None
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    method: str
+    path: str
+    operation: str
+    ok: tuple[int, ...] = (200,)
+    errors: tuple[int, ...] = ()
+
+
+_BODY_ERRORS = (400, 413, 422)
+_RUN_ERRORS = (404, 503)
+ROUTES: tuple[HttpRoute, ...] = (
+    HttpRoute("POST", "/v1/tasks", "submitTask", errors=(*_BODY_ERRORS, 404, 500, 503, 504)),
+    HttpRoute("GET", "/v1/task-types", "listTaskTypes"),
+    HttpRoute("GET", "/healthz", "liveness"),
+    HttpRoute("GET", "/readyz", "readiness", errors=(503,)),
+    HttpRoute("GET", "/v1/status", "status"),
+    HttpRoute("GET", "/openapi.json", "openapi"),
+    HttpRoute("GET", "/v1/workflows", "listWorkflows", errors=(404,)),
+    HttpRoute("GET", "/v1/workflows/{name}", "getWorkflow", errors=(404,)),
+    HttpRoute("POST", "/v1/workflows/{name}/runs", "startRun", ok=(200, 202), errors=(*_BODY_ERRORS, 409, *_RUN_ERRORS, 504)),
+    HttpRoute("GET", "/v1/runs", "listRuns", errors=(422, *_RUN_ERRORS)),
+    HttpRoute("GET", "/v1/runs/{run_id}", "getRun", errors=_RUN_ERRORS),
+    HttpRoute("POST", "/v1/runs/{run_id}/cancel", "cancelRun", errors=_RUN_ERRORS),
+)
+
+
+def _runs(backend: Backend) -> RunService:
+    # The one answer for every workflow route when the app was built without runs.
+    if backend.runs is None:
+        raise NotFound("workflows are not enabled")
+    return backend.runs
+
+
+def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) -> dict[str, Operation]:
+    """Every operation of the API, by name (the OpenAPI operationId)."""
+
+    async def submit_task(call: Call) -> Reply:
+        return Reply(await backend.dispatcher.submit(call.body))
+
+    async def list_task_types(call: Call) -> Reply:
+        return Reply({"task_types": backend.dispatcher.task_types})
+
+    async def liveness(call: Call) -> Reply:
+        return Reply({"status": "alive"})
+
+    async def readiness(call: Call) -> Reply:
+        not_ready = backend.readiness.not_ready_pools()
+        if not_ready:
+            raise NotReady("not every handler pool is ready", details={"pools": not_ready})
+        return Reply({"status": "ready", "pools": sorted(backend.readiness.snapshot()["pools"])})
+
+    async def status(call: Call) -> Reply:
+        return Reply(await backend.status())
+
+    async def schema(call: Call) -> Reply:
+        return Reply(openapi())
+
+    async def list_workflows(call: Call) -> Reply:
+        return Reply({"workflows": _runs(backend).definitions()})
+
+    async def get_workflow(call: Call) -> Reply:
+        return Reply(_runs(backend).definition(call.params["name"]))
+
+    async def start_run(call: Call) -> Reply:
+        result = await _runs(backend).start(call.params["name"], call.body)
+        finished = result.run is not None and result.run["status"] in ("succeeded", "failed", "cancelled")
+        return Reply(result, 200 if finished or not result.created else 202)
+
+    async def list_runs(call: Call) -> Reply:
+        return Reply(await _runs(backend).list(call.query))
+
+    async def get_run(call: Call) -> Reply:
+        return Reply(await _runs(backend).get(call.params["run_id"]))
+
+    async def cancel_run(call: Call) -> Reply:
+        return Reply(await _runs(backend).cancel(call.params["run_id"]))
+
+    async def no_route(call: Call) -> Reply:
+        raise NotFound(f"no route for {call.params['path']}")
+
+    async def no_method(call: Call) -> Reply:
+        raise MethodNotAllowed(f"method {call.params['method']} is not allowed on {call.params['path']}")
+
+    ops = [
+        Operation("submitTask", submit_task, body=TaskRequest, summary="Run one task and wait for its result envelope"),
+        Operation("listTaskTypes", list_task_types, summary="Task types and the pool serving each"),
+        Operation("liveness", liveness, public=True, summary="The Coordinator replica answers"),
+        Operation("readiness", readiness, public=True, summary="Every handler pool can take work"),
+        Operation("status", status, summary="Health roll-up of every deployment and pool"),
+        Operation("openapi", schema, public=True, summary="This document"),
+        Operation("listWorkflows", list_workflows, RunResult, summary="Workflow definitions"),
+        Operation("getWorkflow", get_workflow, RunResult, summary="One workflow definition"),
+        Operation("startRun", start_run, RunResult, body=StartRunRequest, summary="Start a run (202), or wait for it (200)"),
+        Operation("listRuns", list_runs, RunResult, query=ListRunsQuery, summary="Recent runs, newest first"),
+        Operation("getRun", get_run, RunResult, summary="A run with per-step state"),
+        Operation("cancelRun", cancel_run, RunResult, summary="Cancel a run; idempotent"),
+        Operation("noRoute", no_route),
+        Operation("methodNotAllowed", no_method),
+    ]
+    return {op.name: op for op in ops}
