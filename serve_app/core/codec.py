@@ -31,7 +31,11 @@ _TABLE: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
     ErrorCode.METHOD_NOT_ALLOWED: (405, grpc.StatusCode.UNIMPLEMENTED),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.UNAUTHENTICATED: (401, grpc.StatusCode.UNAUTHENTICATED),
-    ErrorCode.HANDLER_ERROR: (500, grpc.StatusCode.UNKNOWN),
+    # The request was served and the task ran: its failure is the envelope's news, not the
+    # server's (HTTP 200, as AWS Lambda answers a function error). A 5xx here would make load
+    # balancers eject healthy Coordinators (e.g. Envoy's consecutive-5xx outlier detection)
+    # because of a bug in user code.
+    ErrorCode.HANDLER_ERROR: (200, grpc.StatusCode.UNKNOWN),
     ErrorCode.NOT_READY: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.OVERLOADED: (503, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -38,7 +38,8 @@ class HttpRoute:
 _BODY_ERRORS = (400, 413, 422)
 _RUN_ERRORS = (404, 503)
 ROUTES: tuple[HttpRoute, ...] = (
-    HttpRoute("POST", "/v1/tasks", "submitTask", errors=(*_BODY_ERRORS, 404, 500, 503, 504)),
+    # 200 also answers a task whose handler failed (success: false, code handler_error).
+    HttpRoute("POST", "/v1/tasks", "submitTask", errors=(*_BODY_ERRORS, 404, 503, 504)),
     HttpRoute("GET", "/v1/task-types", "listTaskTypes"),
     HttpRoute("GET", "/healthz", "liveness"),
     HttpRoute("GET", "/readyz", "readiness", errors=(503,)),
