@@ -357,7 +357,7 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
         f"### Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{' — ' + r['label'] if r['label'] else ''}",
         "",
         f"Machine: {_machine()}. Command: `python -m bench.run{' --quick' if quick else ''}`. "
-        "Load: serveflow's own async load tool (`serve_app/load.py`), medians over repeats.",
+        "Load: serveflow's own async load tool (`serve_app/client/load.py`), medians over repeats.",
         "",
     ]
     section = "\n".join(header + lines) + "\n"

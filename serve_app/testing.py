@@ -56,7 +56,7 @@ def in_process_dispatcher(config: AppConfig, *, ready: bool = True) -> tuple[Dis
 def local_grpc_servicer(backend: Any, *, max_payload_bytes: int, auth_token: str | None = None) -> Any:
     """A plain grpc.aio servicer over ``backend`` (an ingress Backend), for testing the gRPC layer without Serve."""
     from serve_app.ingress.auth import BearerAuth
-    from serve_app.ingress.grpc import GrpcIngress
+    from serve_app.ingress.grpc import RPCS, GrpcIngress
     from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 
     ingress = GrpcIngress(backend, max_payload_bytes=max_payload_bytes, auth=BearerAuth(auth_token))
@@ -67,5 +67,4 @@ def local_grpc_servicer(backend: Any, *, max_payload_bytes: int, auth_token: str
 
         return staticmethod(method)
 
-    names = ("SubmitTask", "GetStatus", "StartRun", "GetRun", "CancelRun", "ListRuns")
-    return type("LocalTaskServicer", (pb_grpc.TaskServiceServicer,), {n: rpc(n) for n in names})()
+    return type("LocalTaskServicer", (pb_grpc.TaskServiceServicer,), {name: rpc(name) for name in RPCS})()

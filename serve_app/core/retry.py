@@ -6,8 +6,10 @@ Ray's state API. Tenacity and stamina were considered: both own the retry
 *loop* (decorators around a call that raises), while every caller here keeps
 its own loop (attempts persisted in the run store, envelopes rather than
 exceptions, a clock-driven "is it due" check), so only the delay formula is
-shared. It is a pure function of the attempt number, cheap enough to sit on the
-request path (about 0.3 µs a call).
+shared. It is a pure function of the attempt number. Measured (timeit, 2 cores):
+0.65 µs a call with jitter and a floor, against 0.59 µs for tenacity's
+``wait_exponential_jitter`` and 0.31 µs for the inline formula it replaced —
+nothing on a path that then sleeps for milliseconds.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the whole envelope in the trailer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import grpc
@@ -77,35 +78,46 @@ def _status_reply(doc: dict[str, Any]) -> pb.StatusReply:
     return pb.StatusReply(status=str(doc.get("status", "")), status_json=render(doc))
 
 
-# RPC -> (operation, encoder of its answer, encoder of its failure envelope)
-_RPCS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "SubmitTask": ("submitTask", codec.task_to_proto, codec.task_to_proto),
-    "GetStatus": ("status", _status_reply, lambda _: pb.StatusReply()),
-    "StartRun": ("startRun", codec.run_to_proto, codec.run_to_proto),
-    "GetRun": ("getRun", codec.run_to_proto, codec.run_to_proto),
-    "CancelRun": ("cancelRun", codec.run_to_proto, codec.run_to_proto),
-    "ListRuns": ("listRuns", codec.run_to_proto, codec.run_to_proto),
+def _task_inputs(request: pb.TaskRequest) -> dict[str, Any]:
+    fields = {"task_type": request.task_type, **_given(task_id=request.task_id, timeout_s=request.timeout_s)}
+    if request.idempotent:
+        fields["idempotent"] = True
+    return {"body": GrpcBody(request.ByteSize(), fields, {"payload": ("payload_json", request.payload_json)})}
+
+
+def _start_inputs(request: pb.StartRunRequest) -> dict[str, Any]:
+    fields = {"wait": request.wait, **_given(idempotency_key=request.idempotency_key, wait_timeout_s=request.wait_timeout_s)}
+    body = GrpcBody(request.ByteSize(), fields, {"input": ("input_json", request.input_json)})
+    return {"params": {"name": request.workflow}, "body": body}
+
+
+def _run_inputs(request: pb.RunRequest) -> dict[str, Any]:
+    return {"params": {"run_id": request.run_id}}
+
+
+def _list_inputs(request: pb.ListRunsRequest) -> dict[str, Any]:
+    return {"query": _given(status=request.status, workflow=request.workflow, limit=request.limit)}
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One RPC: the operation it calls, how its message becomes the Inbound's parameters and
+    body, and how an answer and a failure envelope become its reply message."""
+
+    operation: str
+    inputs: Callable[[Any], dict[str, Any]]
+    ok: Callable[[Any], Any]
+    failed: Callable[[Any], Any]
+
+
+RPCS: dict[str, Rpc] = {
+    "SubmitTask": Rpc("submitTask", _task_inputs, codec.task_to_proto, codec.task_to_proto),
+    "GetStatus": Rpc("status", lambda _: {}, _status_reply, lambda _: pb.StatusReply()),
+    "StartRun": Rpc("startRun", _start_inputs, codec.run_to_proto, codec.run_to_proto),
+    "GetRun": Rpc("getRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
+    "CancelRun": Rpc("cancelRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
+    "ListRuns": Rpc("listRuns", _list_inputs, codec.run_to_proto, codec.run_to_proto),
 }
-
-
-def _inputs(rpc: str, request: Any) -> dict[str, Any]:
-    """``params``, ``query`` and ``body`` of the Inbound for a parsed request message."""
-    size = request.ByteSize()
-    if rpc == "SubmitTask":
-        fields = _given(task_type=request.task_type, task_id=request.task_id, timeout_s=request.timeout_s)
-        if request.idempotent:
-            fields["idempotent"] = True
-        fields.setdefault("task_type", "")
-        return {"body": GrpcBody(size, fields, {"payload": ("payload_json", request.payload_json)})}
-    if rpc == "StartRun":
-        fields = _given(idempotency_key=request.idempotency_key, wait_timeout_s=request.wait_timeout_s)
-        fields["wait"] = request.wait
-        return {"params": {"name": request.workflow}, "body": GrpcBody(size, fields, {"input": ("input_json", request.input_json)})}
-    if rpc in ("GetRun", "CancelRun"):
-        return {"params": {"run_id": request.run_id}}
-    if rpc == "ListRuns":
-        return {"query": _given(status=request.status, workflow=request.workflow, limit=request.limit)}
-    return {}
 
 
 class GrpcIngress:
@@ -113,20 +125,19 @@ class GrpcIngress:
 
     def __init__(self, backend: Backend, *, max_payload_bytes: int, auth: BearerAuth | None = None) -> None:
         self._pipeline = Pipeline(auth=auth, max_body_bytes=max_payload_bytes)
+        # The OpenAPI document describes the HTTP routes; no RPC serves it.
         self._ops = build_operations(backend, openapi=dict)
 
-    async def handle(self, rpc: str, request: Any, context: ServerContext | None) -> Any:
-        op_name, ok, failed = _RPCS[rpc]
-        op = self._ops[op_name]
+    async def handle(self, name: str, request: Any, context: ServerContext | None) -> Any:
+        rpc = RPCS[name]
+        op = self._ops[rpc.operation]
         if isinstance(request, MalformedRequest):
             # Auth still comes first: the pipeline checks it, then this operation refuses the bytes.
             err = InvalidRequest(f"request is not a valid {request.message_type} message", details={"bytes": request.size})
             op, inputs = Operation(op.name, failing(err), envelope=op.envelope), {}
         else:
-            inputs = _inputs(rpc, request)
-        inbound = Inbound(
-            protocol="grpc", span_name=f"gRPC {rpc}", metadata=_metadata(context),
-            encode=_encoder(context, ok, failed), **inputs,
-        )
+            inputs = rpc.inputs(request)
+        encode = _encoder(context, rpc.ok, rpc.failed)
+        inbound = Inbound(protocol="grpc", span_name=f"gRPC {name}", metadata=_metadata(context), encode=encode, **inputs)
         return await self._pipeline.handle(op, inbound)
 

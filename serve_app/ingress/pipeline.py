@@ -105,7 +105,8 @@ class Pipeline:
         """Answer ``inbound``: the encoded reply, or the encoded failure envelope. Never raises
         (except cancellation), so no protocol ever shows its own error page or a traceback."""
         started = time.perf_counter()
-        with tracing.start_span(inbound.span_name, carrier=inbound.metadata) as span:
+        attributes = {"serveflow.protocol": inbound.protocol}
+        with tracing.start_span(inbound.span_name, attributes=attributes, carrier=inbound.metadata) as span:
             try:
                 reply = await self._call(op, inbound)
                 # Encoding is part of the answer: a value that cannot be rendered fails here,

@@ -9,7 +9,6 @@ steps keep their results, unfinished runs are claimed again through leases.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import threading
