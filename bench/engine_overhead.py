@@ -43,7 +43,7 @@ async def per_step_ms(store_kind: str, cancel_poll_s: float, runs: int) -> float
             done = await engine.wait(run.run_id, 30)
             assert done.status.value == "succeeded"
             samples.append((time.perf_counter() - t) / 10 * 1000)
-        store.close()
+        await store.close()
     pools.close()
     return statistics.median(samples)
 

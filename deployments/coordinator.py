@@ -21,6 +21,7 @@ from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.ingress.grpc import GrpcIngress
 from serve_app.ingress.http import build_http_app
 from serve_app.ingress.operations import Backend
+from serve_app.runtime.health import coordinator_state
 from serve_app.runtime.loops import PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
@@ -51,6 +52,7 @@ class Coordinator:
         workflows: dict[str, dict[str, Any]] | None = None,
         trace_exporter: str = "none",
         auth_token: str | None = None,
+        database_url: str | None = None,
     ) -> None:
         tracing.configure(trace_exporter)
         self._config = AppConfig.from_args(config)
@@ -65,7 +67,7 @@ class Coordinator:
             self._config, self._readiness, self._call_pool, observer=FanOut([self._stats, self._prometheus])
         )
         wf = self._config.workflows
-        self._store = await asyncio.to_thread(open_store, wf.store, wf.store_path)
+        self._store = await open_store(wf.store, path=wf.store_path, dsn=database_url)
         self._engine = RunEngine(
             self._store,
             self._dispatcher.submit,
@@ -131,18 +133,22 @@ class Coordinator:
 
     async def get_status(self) -> dict[str, Any]:
         """Own status plus the OrganismManager's roll-up (or why it cannot be had)."""
-        problem = self._refresh.problem() or self._workflow_loop.problem()
+        state, error = coordinator_state(
+            loop_problem=self._refresh.problem() or self._workflow_loop.problem(),
+            store_error=self._workflow_loop.last_error,
+            readiness_error=self._readiness.last_error,
+        )
         own = ComponentStatus(
             name="Coordinator",
-            status=HealthState.UNHEALTHY if problem else HealthState.HEALTHY,
-            error=problem or self._readiness.last_error,
+            status=state,
+            error=error,
             since=self._since,
             details={
                 **self._identity,
                 "readiness": self._readiness.snapshot(),
                 "workflows": sorted(self._engine.workflows),
                 "active_runs": len(self._engine.active_runs),
-                "store": self._config.workflows.store,
+                "store": {"kind": self._config.workflows.store, "where": self._store.where},
             },
         )
         try:
@@ -180,4 +186,4 @@ class Coordinator:
         await self._workflow_loop.stop()
         await self._refresh.stop()
         await self._engine.shutdown()
-        self._store.close()
+        await self._store.close()

@@ -25,7 +25,11 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = Settings.from_env()
     exporter = settings.trace_exporter or config.tracing.exporter
     auth_token = settings.auth_token or config.auth_token
-    raw = config.model_dump(mode="json")
+    database_url = settings.database_url or config.workflows.dsn
+    if config.workflows.store == "postgres" and not database_url:
+        raise ValueError("workflows.store is postgres: set workflows.dsn or SERVEFLOW_DATABASE_URL")
+    # Secrets travel apart (auth_token, database_url below), never inside the config every replica logs.
+    raw = config.model_dump(mode="json", exclude={"auth_token": True, "workflows": {"dsn"}})
     pools = {
         name: HandlerWorker.options(
             name=pool_deployment_name(name),
@@ -42,5 +46,5 @@ def build_app(args: dict[str, Any]) -> Application:
     workflows = load_workflows(config.workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
     return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(
-        raw, manager, pools, specs, exporter, auth_token
+        raw, manager, pools, specs, exporter, auth_token, database_url
     )

@@ -16,6 +16,7 @@ class Settings:
     serveflow_url: str
     trace_exporter: str | None
     auth_token: str | None
+    database_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -26,4 +27,5 @@ class Settings:
             serveflow_url=(env.get("SERVEFLOW_URL") or "http://127.0.0.1:8000").rstrip("/"),
             trace_exporter=env.get("SERVEFLOW_TRACE_EXPORTER") or None,
             auth_token=env.get("SERVEFLOW_AUTH_TOKEN") or None,
+            database_url=env.get("SERVEFLOW_DATABASE_URL") or None,
         )

@@ -46,8 +46,16 @@ class PoolConfig(_Strict):
 class WorkflowsConfig(_Strict):
     """Workflow definitions and where run state is persisted."""
 
-    store: Literal["sqlite", "memory"] = Field("sqlite", description="memory = nothing survives a restart.")
+    store: Literal["sqlite", "memory", "postgres"] = Field(
+        "sqlite",
+        description="sqlite (default; one Coordinator per file), postgres (several Coordinators), memory (nothing survives).",
+    )
     store_path: str = Field("~/.serveflow/serveflow.sqlite3", description="SQLite file (created if missing).")
+    dsn: str | None = Field(
+        None,
+        repr=False,
+        description="Postgres DSN (postgresql://user:pass@host:5432/db); env SERVEFLOW_DATABASE_URL wins. Never logged.",
+    )
     lease_s: float = Field(10.0, gt=0, le=600, description="How long a Coordinator owns a run without renewing.")
     step_start_timeout_s: float = Field(
         300.0,

@@ -100,3 +100,16 @@ def rollup(components: Iterable[ComponentStatus]) -> HealthState:
     if all(s in (HealthState.UNHEALTHY, HealthState.INITIALIZING) for s in states):
         return HealthState.UNHEALTHY
     return HealthState.DEGRADED
+
+
+def coordinator_state(
+    *, loop_problem: str | None, store_error: str | None, readiness_error: str | None
+) -> tuple[HealthState, str | None]:
+    """A Coordinator's own state. A dead or stalled loop makes it unhealthy (Serve replaces it);
+    a run store that is away only degrades it: restarting the replica would not bring the
+    database back, and tasks, reads of the status and health keep working meanwhile."""
+    if loop_problem:
+        return HealthState.UNHEALTHY, loop_problem
+    if store_error:
+        return HealthState.DEGRADED, f"run store unavailable: {store_error}"
+    return HealthState.HEALTHY, readiness_error

@@ -1,10 +1,17 @@
-"""Versioned schema migrations of the run store, applied at start.
+"""Versioned schema migrations of the run store, applied at start, for every backend.
 
-Each migration is a version number and its statements; a database records the
-versions it has applied in ``schema_migrations``. Applying takes the database's
-write lock first (``BEGIN IMMEDIATE`` on SQLite), so replicas that start at
-once apply each migration exactly once. A database created before versioning
-(it has ``runs`` but no ``schema_migrations``) counts as version 1.
+Each migration is a version number, a name and its statements in each SQL
+dialect (the versions and names are the same for every backend; a unit test
+holds them together). A database records the versions it has applied in
+``schema_migrations``. Applying takes a database-wide lock first
+(``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on Postgres,
+whose DDL is transactional), so replicas that start at once apply each
+migration exactly once. A SQLite file created before versioning (it has
+``runs`` but no ``schema_migrations``) counts as version 1.
+
+JSON columns are TEXT on every backend: what is stored is exactly what
+:mod:`serve_app.core.jsonio` accepted and renders (Postgres' JSONB would refuse
+``\u0000`` that JSON allows, and reorder keys).
 """
 
 from __future__ import annotations
@@ -61,6 +68,60 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        "runs and steps",
+        (
+            """CREATE TABLE IF NOT EXISTS runs (
+                run_id TEXT PRIMARY KEY,
+                workflow TEXT NOT NULL,
+                status TEXT NOT NULL,
+                input_json TEXT NOT NULL,
+                output_json TEXT,
+                error_json TEXT,
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT NOT NULL,
+                spec_json TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                trace_id TEXT,
+                owner TEXT,
+                lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+                cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+            )""",
+            "CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created_at)",
+            """CREATE TABLE IF NOT EXISTS steps (
+                run_id TEXT NOT NULL REFERENCES runs(run_id),
+                position INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                task_type TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                result_json TEXT,
+                error_json TEXT,
+                PRIMARY KEY (run_id, name)
+            )""",
+        ),
+    ),
+    (
+        2,
+        "fenced leases: a claim bumps lease_epoch; every write names owner and epoch",
+        (
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_epoch INTEGER NOT NULL DEFAULT 0",
+            # What claims scan: unfinished runs by lease expiry (small, however many runs finished).
+            "CREATE INDEX IF NOT EXISTS runs_claimable ON runs(lease_until, created_at) WHERE status IN ('pending', 'running')",
+        ),
+    ),
+)
+
+# Any constant: all replicas contend for the same advisory lock while migrating.
+POSTGRES_MIGRATION_LOCK = 0x5E5F10
+
+
 def migrate_sqlite(db: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS) -> list[int]:
     """Apply what ``db`` lacks, in order, in one transaction; returns the versions applied now."""
     db.execute("BEGIN IMMEDIATE")
@@ -86,3 +147,8 @@ def migrate_sqlite(db: sqlite3.Connection, migrations: tuple[Migration, ...] = S
         raise
     db.execute("COMMIT")
     return applied
+
+
+def postgres_migration_plan(done: set[int], migrations: tuple[Migration, ...] = POSTGRES_MIGRATIONS) -> list[Migration]:
+    """The migrations a Postgres database that has applied ``done`` still needs, in order."""
+    return [m for m in migrations if m[0] not in done]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
@@ -46,6 +46,8 @@ class Lease:
 
 
 class RunStore(Protocol):
+    where: str  # where the runs live, safe to show (no password)
+
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         """Insert ``run`` (leased to ``owner`` at epoch 1), or return the run already holding its
         idempotency key. Returns ``(run, created)``. Raises :class:`Conflict` when the key exists
@@ -72,7 +74,7 @@ class RunStore(Protocol):
 
     async def request_cancel(self, run_id: str) -> bool: ...
     async def cancel_requested(self, run_id: str) -> bool: ...
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -90,6 +92,78 @@ def _error_json(error: ErrorInfo | None) -> str | None:
     return None if error is None else error.model_dump_json()
 
 
+# The columns every SQL backend reads a run and its steps with, and how a row becomes state.
+RUN_COLUMNS = "run_id, workflow, status, input_json, output_json, error_json, idempotency_key, created_at, started_at, finished_at, trace_id"
+STEP_COLUMNS = "name, task_type, status, attempts, started_at, finished_at, result_json, error_json"
+
+
+def step_from_row(r: Sequence[Any]) -> StepState:
+    return StepState(
+        name=r[0],
+        task_type=r[1],
+        status=StepStatus(r[2]),
+        attempts=r[3],
+        started_at=r[4],
+        finished_at=r[5],
+        result=jsonio.load_stored(r[6]),
+        error=_error(r[7]),
+    )
+
+
+def run_from_row(row: Sequence[Any], steps: Iterable[Sequence[Any]]) -> RunState:
+    return RunState(
+        run_id=row[0],
+        workflow=row[1],
+        status=RunStatus(row[2]),
+        input=jsonio.load_stored(row[3]),
+        output=jsonio.load_stored(row[4]),
+        error=_error(row[5]),
+        idempotency_key=row[6],
+        created_at=row[7],
+        started_at=row[8],
+        finished_at=row[9],
+        trace_id=row[10],
+        steps=[step_from_row(r) for r in steps],
+    )
+
+
+def steps_by_run(rows: Iterable[Sequence[Any]]) -> dict[str, list[Sequence[Any]]]:
+    """``(run_id, *step columns)`` rows grouped by run (one query for a whole listing, not one per run)."""
+    grouped: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row[1:])
+    return grouped
+
+
+def new_run_row(run: RunState, spec_json: str, request_hash: str, owner: str, lease_until: float) -> tuple[Any, ...]:
+    """Values of a new ``runs`` row, in :data:`INSERT_RUN_COLUMNS` order (leased at epoch 1)."""
+    return (
+        run.run_id, run.workflow, run.status.value, jsonio.dumps(run.input), run.idempotency_key, request_hash,
+        spec_json, run.created_at, run.trace_id, owner, lease_until, 1,
+    )
+
+
+INSERT_RUN_COLUMNS = (
+    "run_id, workflow, status, input_json, idempotency_key, request_hash, spec_json, created_at, trace_id, owner,"
+    " lease_until, lease_epoch"
+)
+
+
+def conflict(key: str, run_id: str) -> Conflict:
+    """The one wording for an idempotency key reused with another request (every backend)."""
+    return Conflict(f"idempotency key {key!r} was used for a different request", details={"run_id": run_id})
+
+
+def step_row_values(step: StepState) -> tuple[Any, ...]:
+    """status, attempts, started_at, finished_at, result_json, error_json of a step update."""
+    return (step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error))
+
+
+def run_row_values(run: RunState) -> tuple[Any, ...]:
+    """status, output_json, error_json, started_at, finished_at of a run update."""
+    return (run.status.value, _dump(run.output), _error_json(run.error), run.started_at, run.finished_at)
+
+
 class SqliteRunStore:
     """SQLite backend (one connection, WAL, one write transaction at a time)."""
 
@@ -97,6 +171,7 @@ class SqliteRunStore:
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
+        self.where = f"sqlite:{path}"
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -129,27 +204,11 @@ class SqliteRunStore:
                 ).fetchone()
                 if row is not None:
                     if row[1] != request_hash:
-                        raise Conflict(
-                            f"idempotency key {run.idempotency_key!r} was used for a different request",
-                            details={"run_id": row[0]},
-                        )
+                        raise conflict(run.idempotency_key, row[0])
                     return row[0], False
             db.execute(
-                "INSERT INTO runs (run_id, workflow, status, input_json, idempotency_key, request_hash, spec_json,"
-                " created_at, trace_id, owner, lease_until, lease_epoch) VALUES (?,?,?,?,?,?,?,?,?,?,?,1)",
-                (
-                    run.run_id,
-                    run.workflow,
-                    run.status.value,
-                    jsonio.dumps(run.input),
-                    run.idempotency_key,
-                    request_hash,
-                    spec_json,
-                    run.created_at,
-                    run.trace_id,
-                    owner,
-                    self._clock() + lease_s,
-                ),
+                f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                new_run_row(run, spec_json, request_hash, owner, self._clock() + lease_s),
             )
             db.executemany(
                 "INSERT INTO steps (run_id, position, name, task_type, status) VALUES (?,?,?,?,?)",
@@ -165,44 +224,11 @@ class SqliteRunStore:
         return existing, False
 
     def _load(self, run_id: str) -> RunState | None:
-        row = self._db.execute(
-            "SELECT run_id, workflow, status, input_json, output_json, error_json, idempotency_key, created_at,"
-            " started_at, finished_at, trace_id FROM runs WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
+        row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        steps = [
-            StepState(
-                name=r[0],
-                task_type=r[1],
-                status=StepStatus(r[2]),
-                attempts=r[3],
-                started_at=r[4],
-                finished_at=r[5],
-                result=jsonio.load_stored(r[6]),
-                error=_error(r[7]),
-            )
-            for r in self._db.execute(
-                "SELECT name, task_type, status, attempts, started_at, finished_at, result_json, error_json"
-                " FROM steps WHERE run_id = ? ORDER BY position",
-                (run_id,),
-            )
-        ]
-        return RunState(
-            run_id=row[0],
-            workflow=row[1],
-            status=RunStatus(row[2]),
-            input=jsonio.load_stored(row[3]),
-            output=jsonio.load_stored(row[4]),
-            error=_error(row[5]),
-            idempotency_key=row[6],
-            created_at=row[7],
-            started_at=row[8],
-            finished_at=row[9],
-            trace_id=row[10],
-            steps=steps,
-        )
+        steps = self._db.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
+        return run_from_row(row, steps)
 
     async def get_run(self, run_id: str) -> RunState | None:
         return await self._io(lambda: self._load(run_id))
@@ -223,8 +249,19 @@ class SqliteRunStore:
                 clauses.append("workflow = ?")
                 params.append(workflow)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-            ids = [r[0] for r in self._db.execute(f"SELECT run_id FROM runs {where} ORDER BY created_at DESC LIMIT ?", (*params, limit))]
-            return [run for run in (self._load(i) for i in ids) if run is not None]
+            rows = self._db.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+            if not rows:
+                return []
+            steps = steps_by_run(
+                self._db.execute(
+                    f"SELECT run_id, {STEP_COLUMNS} FROM steps WHERE run_id IN ({','.join('?' * len(rows))})"
+                    " ORDER BY run_id, position",
+                    [r[0] for r in rows],
+                )
+            )
+            return [run_from_row(r, steps.get(r[0], [])) for r in rows]
 
         return await self._io(op)
 
@@ -242,10 +279,7 @@ class SqliteRunStore:
             "UPDATE runs SET status=?, output_json=?, error_json=?, started_at=?, finished_at=?"
             " WHERE run_id=? AND owner=? AND lease_epoch=?"
         )
-        params = (
-            run.status.value, _dump(run.output), _error_json(run.error), run.started_at, run.finished_at,
-            run.run_id, lease.owner, lease.epoch,
-        )
+        params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
         await asyncio.to_thread(self._fenced, run.run_id, lease, sql, params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
@@ -253,10 +287,7 @@ class SqliteRunStore:
             "UPDATE steps SET status=?, attempts=?, started_at=?, finished_at=?, result_json=?, error_json=?"
             f" WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
         )
-        params = (
-            step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error),
-            run_id, step.name, run_id, lease.owner, lease.epoch,
-        )
+        params = (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
         await asyncio.to_thread(self._fenced, run_id, lease, sql, params)
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
@@ -304,13 +335,15 @@ class SqliteRunStore:
         row = await self._io(lambda: self._db.execute("SELECT cancel_requested FROM runs WHERE run_id=?", (run_id,)).fetchone())
         return bool(row and row[0])
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
 class MemoryRunStore:
     """In-process backend: same semantics, nothing survives a restart ("persistence off")."""
+
+    where = "memory"
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -322,9 +355,7 @@ class MemoryRunStore:
         if run.idempotency_key is not None and run.idempotency_key in self._keys:
             existing = self._keys[run.idempotency_key]
             if self._meta[existing]["hash"] != request_hash:
-                raise Conflict(
-                    f"idempotency key {run.idempotency_key!r} was used for a different request", details={"run_id": existing}
-                )
+                raise conflict(run.idempotency_key, existing)
             return self._runs[existing].model_copy(deep=True), False
         self._runs[run.run_id] = run.model_copy(deep=True)
         self._meta[run.run_id] = {
@@ -405,12 +436,18 @@ class MemoryRunStore:
     async def cancel_requested(self, run_id: str) -> bool:
         return bool(self._meta.get(run_id, {}).get("cancel"))
 
-    def close(self) -> None:
+    async def close(self) -> None:
         pass
 
 
-def open_store(store: str, path: str) -> RunStore:
-    """The configured backend (blocking: opens the SQLite file)."""
+async def open_store(store: str, *, path: str = "", dsn: str | None = None, clock: Callable[[], float] = time.time) -> RunStore:
+    """The configured backend, open and migrated."""
     if store == "memory":
-        return MemoryRunStore()
-    return SqliteRunStore(os.path.expanduser(path))
+        return MemoryRunStore(clock=clock)
+    if store == "postgres":
+        from serve_app.workflow.store_postgres import PostgresRunStore
+
+        if not dsn:
+            raise ValueError("workflows.store is postgres but no DSN is set (workflows.dsn or SERVEFLOW_DATABASE_URL)")
+        return await PostgresRunStore.open(dsn, clock=clock)
+    return await asyncio.to_thread(SqliteRunStore, os.path.expanduser(path), clock=clock)

@@ -60,3 +60,19 @@ def test_rollup() -> None:
     assert rollup([_c(H), _c(U)]) is D
     assert rollup([_c(H), _c(D)]) is D
     assert rollup([_c(U), _c(I)]) is U
+
+
+def test_coordinator_state_degrades_for_the_store_and_fails_for_dead_loops() -> None:
+    from serve_app.runtime.health import coordinator_state
+
+    assert coordinator_state(loop_problem=None, store_error=None, readiness_error=None) == (HealthState.HEALTHY, None)
+    state, error = coordinator_state(loop_problem=None, store_error="the run store (postgres at h) is unavailable", readiness_error=None)
+    assert state is HealthState.DEGRADED and error == "run store unavailable: the run store (postgres at h) is unavailable"
+    assert coordinator_state(loop_problem="workflow-leases loop exited", store_error="x", readiness_error=None)[0] is HealthState.UNHEALTHY
+
+
+def test_redacted_dsn_never_shows_the_password() -> None:
+    from serve_app.workflow.store_postgres import redact_dsn
+
+    assert redact_dsn("postgresql://app:s3cret@db:5432/serveflow") == "postgresql://app:***@db:5432/serveflow"
+    assert redact_dsn("postgresql://app@db/serveflow") == "postgresql://app@db/serveflow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Iterator
 
@@ -30,7 +31,7 @@ def client(config: AppConfig, tmp_path: Any) -> Iterator[TestClient]:
     app = build_http_app(Backend(dispatcher, board, _status, runs), max_body_bytes=config.max_body_bytes)
     with TestClient(app) as c:
         yield c
-    store.close()
+    asyncio.run(store.close())
     pools.close()
 
 

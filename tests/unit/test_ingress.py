@@ -48,7 +48,7 @@ def parts(config: AppConfig, tmp_path: Any) -> Iterator[tuple[Backend, SqliteRun
     store = SqliteRunStore(str(tmp_path / "runs.sqlite3"))
     runs = RunService(RunEngine(store, dispatcher.submit, WORKFLOWS, owner="t", lease_s=5))
     yield Backend(dispatcher, board, _status, runs), store
-    store.close()
+    asyncio.run(store.close())
     pools.close()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Awaitable, Callable
 
 import pytest
 
@@ -18,6 +18,7 @@ from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
 from serve_app.workflow.store import Lease, LeaseLost, MemoryRunStore, RunStore, SqliteRunStore
+from tests.conftest import STORE_KINDS, StoreFactory
 from tests.unit.test_workflow_engine import spec
 
 pytestmark = pytest.mark.anyio
@@ -60,23 +61,10 @@ class Gate:
         return submit
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def shared(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Callable[[Clock], RunStore]]:
-    """A factory of store handles over one database (two connections for SQLite, like two replicas)."""
-    made: list[RunStore] = []
-    memory: dict[int, MemoryRunStore] = {}
-
-    def open_handle(clock: Clock) -> RunStore:
-        if request.param == "sqlite":
-            store: RunStore = SqliteRunStore(str(tmp_path / "runs.sqlite3"), clock=clock)
-        else:
-            store = memory.setdefault(0, MemoryRunStore(clock=clock))
-        made.append(store)
-        return store
-
-    yield open_handle
-    for s in made:
-        s.close()
+@pytest.fixture(params=STORE_KINDS)
+def shared(request: pytest.FixtureRequest, store_factory: StoreFactory) -> Callable[[Clock], Awaitable[RunStore]]:
+    """Store handles over one database (two connections or pools, like two replicas)."""
+    return lambda clock: store_factory(request.param, clock=clock)
 
 
 async def _until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -89,9 +77,9 @@ async def _until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
 # ---------------------------------------------------------------- defect 4: fencing
 
 
-async def test_writes_are_fenced_by_owner_and_epoch(shared: Callable[[Clock], RunStore]) -> None:
+async def test_writes_are_fenced_by_owner_and_epoch(shared: Callable[[Clock], Awaitable[RunStore]]) -> None:
     clock = Clock()
-    store = shared(clock)
+    store = await shared(clock)
     a = RunEngine(store, Gate().submit_for("a"), ONE_STEP, owner="a", lease_s=5, clock=clock)
     run, _ = await a.start("one", {})
     stale = Lease("a", 1)
@@ -110,10 +98,10 @@ async def test_writes_are_fenced_by_owner_and_epoch(shared: Callable[[Clock], Ru
     await store.save_step(run.run_id, StepState(name="a", task_type="echo", status=StepStatus.RUNNING), Lease("b", 2))
 
 
-async def test_a_replica_that_lost_its_lease_stops_driving_the_run(shared: Callable[[Clock], RunStore]) -> None:
+async def test_a_replica_that_lost_its_lease_stops_driving_the_run(shared: Callable[[Clock], Awaitable[RunStore]]) -> None:
     clock, gate = Clock(), Gate()
-    a = RunEngine(shared(clock), gate.submit_for("a"), TWO_STEPS, owner="a", lease_s=5, clock=clock)
-    b = RunEngine(shared(clock), gate.submit_for("b"), TWO_STEPS, owner="b", lease_s=5, clock=clock)
+    a = RunEngine(await shared(clock), gate.submit_for("a"), TWO_STEPS, owner="a", lease_s=5, clock=clock)
+    b = RunEngine(await shared(clock), gate.submit_for("b"), TWO_STEPS, owner="b", lease_s=5, clock=clock)
     run, _ = await a.start("two", {})
     await _until(lambda: _async(len(gate.calls) == 1))  # a's step "a" is in flight
     clock.now += 10  # a missed its renewals (stalled, partitioned): the lease lapses
@@ -138,9 +126,9 @@ async def _async(value: Any) -> Any:
 # ---------------------------------------------------------------- defect 3: shutdown race
 
 
-async def test_shutdown_releases_runs_and_never_claims_them_back(shared: Callable[[Clock], RunStore]) -> None:
+async def test_shutdown_releases_runs_and_never_claims_them_back(shared: Callable[[Clock], Awaitable[RunStore]]) -> None:
     clock, gate = Clock(), Gate()
-    store = shared(clock)
+    store = await shared(clock)
     a = RunEngine(store, gate.submit_for("a"), ONE_STEP, owner="a", lease_s=5, clock=clock)
     run, _ = await a.start("one", {})
     await _until(lambda: _async(len(gate.calls) == 1))
@@ -149,7 +137,7 @@ async def test_shutdown_releases_runs_and_never_claims_them_back(shared: Callabl
     assert await a.resume() == []
     assert a.active_runs == []
     # Released: another replica takes it at once, without waiting for the lease to lapse.
-    b = RunEngine(shared(clock), gate.submit_for("b"), ONE_STEP, owner="b", lease_s=5, clock=clock)
+    b = RunEngine(await shared(clock), gate.submit_for("b"), ONE_STEP, owner="b", lease_s=5, clock=clock)
     assert await b.resume() == [run.run_id]
     gate.opened["b"].set()
     assert (await b.wait(run.run_id, 5)).status is RunStatus.SUCCEEDED
@@ -232,4 +220,4 @@ def test_migrations_upgrade_a_pre_versioning_database(tmp_path: Any) -> None:
     db.close()
     store = SqliteRunStore(path)
     assert store.path == path
-    store.close()
+    asyncio.run(store.close())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, AsyncIterator, Iterator
 
@@ -181,7 +182,7 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
             assert c.get(path).status_code == 200, path
         for run in c.get("/v1/runs?limit=1000").json()["runs"]:
             assert c.get(f"/v1/runs/{run['run_id']}").status_code == 200
-    store.close()
+    asyncio.run(store.close())
     pools.close()
 
 

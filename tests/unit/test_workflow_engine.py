@@ -15,6 +15,7 @@ from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
 from serve_app.workflow.store import Lease, MemoryRunStore, RunStore, SqliteRunStore
 from serve_app.testing import in_process_dispatcher
+from tests.conftest import STORE_KINDS, StoreFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -79,11 +80,9 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[RunStore]:
-    s: RunStore = SqliteRunStore(str(tmp_path / "runs.sqlite3")) if request.param == "sqlite" else MemoryRunStore()
-    yield s
-    s.close()
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
+    return await store_factory(request.param)
 
 
 @pytest.fixture
