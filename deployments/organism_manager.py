@@ -53,8 +53,29 @@ class OrganismManager:
         else:
             tracker.observe_report(report)
 
+    def _scaled_to_zero(self, name: str) -> bool:
+        """Serve's last word is that this pool is at zero replicas by design (min_replicas 0)."""
+        state = self._serve_states.get(pool_deployment_name(name))
+        return (
+            self._config.pools[name].can_scale_to_zero
+            and state is not None
+            and state["target_replicas"] == 0
+            and not state["replica_states"]
+        )
+
+    def _probe_now(self, name: str) -> bool:
+        """A pool that may scale to zero is only probed once Serve says it has replicas: a probe
+        is a request, and a request to a pool at zero starts a replica."""
+        if not self._config.pools[name].can_scale_to_zero:
+            return True
+        state = self._serve_states.get(pool_deployment_name(name))
+        return state is not None and bool(state["replica_states"])
+
     async def _probe_all(self) -> None:
-        probes = [self._probe(name, h) for name, h in self._pools.items()]
+        for name in self._pools:
+            if self._scaled_to_zero(name):
+                self._trackers[name].observe_scaled_to_zero()
+        probes = [self._probe(name, h) for name, h in self._pools.items() if self._probe_now(name)]
         probes.append(self._probe(METRICS, self._metrics))
         await asyncio.gather(*probes)
 
@@ -104,7 +125,7 @@ class OrganismManager:
         return {
             "status": overall.value,
             "pools": {
-                name: {**snap.model_dump(mode="json"), "deployment": pool_deployment_name(name)}
+                name: {**snap.model_dump(mode="json"), **self._replicas(name), "deployment": pool_deployment_name(name)}
                 for name, snap in pools.items()
             },
             "components": {
@@ -114,6 +135,13 @@ class OrganismManager:
             "deployments": self._serve_states,
             "resources": await self._resources(),
         }
+
+    def _replicas(self, name: str) -> dict[str, Any]:
+        """Target (autoscaling's current goal) and running replicas of a pool, from Serve."""
+        state = self._serve_states.get(pool_deployment_name(name))
+        if state is None:
+            return {"replicas": None}
+        return {"replicas": {"target": state.get("target_replicas"), "running": state["replica_states"].get("RUNNING", 0)}}
 
     async def check_health(self) -> None:
         problem = self._probe_loop.problem() or self._serve_loop.problem()

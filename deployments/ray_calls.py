@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import ray
@@ -16,6 +17,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentResponse
 
+from serve_app.runtime.health import summarize
 from serve_app.core.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
 
 logger = logging.getLogger("serveflow.ray_calls")
@@ -67,16 +69,25 @@ def replica_identity() -> dict[str, str]:
 
 
 def serve_deployment_states() -> dict[str, dict[str, Any]]:
-    """Serve's view of every deployment of this replica's app (blocking; run in a thread)."""
+    """Serve's view of every deployment of this replica's app (blocking; run in a thread):
+    state, message, replicas by state and the target replica count (autoscaling's current goal).
+
+    ``serve.status()`` is built from these same details but drops the target, so they are
+    read the way it reads them (one controller call either way)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
     app_name = serve.get_replica_context().app_name
-    app = serve.status().applications.get(app_name)
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    app = details.applications.get(app_name)
     if app is None:
         return {}
     return {
         name: {
             "status": str(getattr(d.status, "value", d.status)),
-            "message": d.message or "",
-            "replica_states": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+            "message": summarize(d.message) or "",
+            "replica_states": dict(Counter(str(getattr(r.state, "value", r.state)) for r in d.replicas)),
+            "target_replicas": d.target_num_replicas,
         }
         for name, d in app.deployments.items()
     }

@@ -31,12 +31,12 @@ def build_app(args: dict[str, Any]) -> Application:
     # Secrets travel apart (auth_token, database_url below), never inside the config every replica logs.
     raw = config.model_dump(mode="json", exclude={"auth_token": True, "workflows": {"dsn"}})
     pools = {
+        # Serve's own scaling and placement, as validated by PoolConfig (autoscaling, GPUs, ...).
         name: HandlerWorker.options(
             name=pool_deployment_name(name),
-            num_replicas=pool.num_replicas,
             max_ongoing_requests=pool.max_ongoing_requests,
             max_queued_requests=pool.max_queued_requests,
-            ray_actor_options={"num_cpus": pool.num_cpus},
+            **pool.deployment_options(),
         ).bind(name, pool.model_dump(mode="json"), exporter)
         for name, pool in config.pools.items()
     }
@@ -45,6 +45,6 @@ def build_app(args: dict[str, Any]) -> Application:
     # Invalid workflows fail the deploy here, with the step named (visible in `serve status`).
     workflows = load_workflows(config.workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
-    return Coordinator.options(ray_actor_options={"num_cpus": config.coordinator_cpus}).bind(
+    return Coordinator.options(**config.coordinator.deployment_options()).bind(
         raw, manager, pools, specs, exporter, auth_token, database_url
     )

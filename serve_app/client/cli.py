@@ -46,7 +46,9 @@ def render_status(doc: dict[str, Any], *, url: str, now: float | None = None) ->
         rows.append((name, "component", comp.get("status", "?"), _replicas(doc, name), _ago(comp.get("since"), now), comp.get("error") or ""))
     for name, pool in sorted((doc.get("pools") or {}).items()):
         dep = pool.get("deployment", name)
-        rows.append((name, "pool", pool.get("status", "?"), _replicas(doc, dep), _ago(pool.get("since"), now), pool.get("error") or ""))
+        counts = pool.get("replicas") or {}
+        replicas = f"{counts['running']} running / {counts['target']} target" if counts else _replicas(doc, dep)
+        rows.append((name, "pool", pool.get("status", "?"), replicas, _ago(pool.get("since"), now), pool.get("error") or ""))
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     lines = [f"serveflow at {url}: {doc.get('status', 'unknown')}"]
     for r in rows:

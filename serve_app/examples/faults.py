@@ -80,3 +80,21 @@ async def block_loop(inp: BlockIn) -> dict[str, float]:
     """An async handler that wrongly blocks its event loop (the replica cannot even answer health checks)."""
     time.sleep(inp.seconds)
     return {"blocked": inp.seconds}
+
+
+class RecordIn(BaseModel):
+    path: str
+    key: str
+    step: str = ""
+    seconds: float = Field(0.0, ge=0, le=60)
+
+
+@handler("record")
+async def record(inp: RecordIn) -> dict[str, object]:
+    """Append ``key.step`` to the file at ``path`` (one line per execution, any node of this
+    machine), then sleep: lets a fault test count how often each step really ran."""
+    line = f"{inp.key}.{inp.step}" if inp.step else inp.key
+    with open(inp.path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    await asyncio.sleep(inp.seconds)
+    return {"key": line, "pid": os.getpid()}

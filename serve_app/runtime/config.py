@@ -18,7 +18,76 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PoolConfig(_Strict):
+class AutoscalingConfig(_Strict):
+    """Ray Serve's autoscaling for a deployment (the fields Serve documents; typos fail the deploy)."""
+
+    min_replicas: int = Field(1, ge=0, description="0 lets an idle pool scale to zero; its next request starts one.")
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Requests in flight per replica Serve aims for.")
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+    upscaling_factor: float | None = Field(None, gt=0)
+    downscaling_factor: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must be between min_replicas and max_replicas")
+        return self
+
+
+class ReplicaOptions(_Strict):
+    """What a deployment asks of Ray Serve: replicas (fixed or autoscaled) and resources per replica."""
+
+    num_replicas: int | None = Field(None, ge=1, description="Fixed replica count (default 1); not with autoscaling_config.")
+    autoscaling_config: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.1, ge=0, description="Logical CPUs per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one GPU).")
+    memory: int | None = Field(None, ge=0, description="Bytes of memory Ray reserves per replica.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per replica (node labels).")
+    accelerator_type: str | None = Field(None, min_length=1, description="e.g. A100, H100 (Ray's accelerator type).")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env of the replicas (pip, env_vars, ...).")
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> ReplicaOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set num_replicas or autoscaling_config, not both")
+        if any(v < 0 for v in self.resources.values()):
+            raise ValueError("resources must be non-negative")
+        return self
+
+    @property
+    def can_scale_to_zero(self) -> bool:
+        return self.autoscaling_config is not None and self.autoscaling_config.min_replicas == 0
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Deployment.options`` for these settings (no Ray import here)."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            actor["num_gpus"] = self.num_gpus
+        if self.memory is not None:
+            actor["memory"] = self.memory
+        if self.resources:
+            actor["resources"] = dict(self.resources)
+        if self.accelerator_type:
+            actor["accelerator_type"] = self.accelerator_type
+        if self.runtime_env is not None:
+            actor["runtime_env"] = dict(self.runtime_env)
+        options: dict[str, Any] = {"ray_actor_options": actor}
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+class PoolConfig(ReplicaOptions):
     """One HandlerWorker pool: which modules it loads and which task types it serves."""
 
     handler_modules: list[str] = Field(min_length=1, description="Importable modules that define @handler functions.")
@@ -37,8 +106,6 @@ class PoolConfig(_Strict):
         "(threads cannot be killed; Serve replaces the replica to reclaim them).",
     )
     max_concurrency: int = Field(16, ge=1, le=1024, description="Threads for sync handlers per replica.")
-    num_replicas: int = Field(1, ge=1, description="Replicas for this pool (serve_config 'deployments' can override).")
-    num_cpus: float = Field(0.1, ge=0, description="Logical CPUs per replica.")
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
 
@@ -95,9 +162,25 @@ class AppConfig(_Strict):
     probe_interval_s: float = Field(1.0, gt=0, description="How often the OrganismManager probes pools.")
     probe_timeout_s: float = Field(2.0, gt=0, description="Deadline for one pool probe.")
     metrics_refresh_s: float = Field(5.0, gt=0, description="How often the MetricsCollector samples resources.")
-    coordinator_cpus: float = Field(0.1, ge=0)
+    coordinator: ReplicaOptions = Field(
+        default_factory=ReplicaOptions,
+        description="Coordinator replicas: several (or autoscaled) need the postgres store; resources per replica.",
+    )
     manager_cpus: float = Field(0.05, ge=0)
     metrics_cpus: float = Field(0.05, ge=0)
+
+    @model_validator(mode="after")
+    def _check_coordinators(self) -> AppConfig:
+        scaling = self.coordinator.autoscaling_config
+        several = (self.coordinator.num_replicas or 1) > 1 or (scaling is not None and scaling.max_replicas > 1)
+        if several and self.workflows.store != "postgres":
+            raise ValueError(
+                f"several Coordinator replicas need workflows.store: postgres (the {self.workflows.store} store"
+                " is local to one replica)"
+            )
+        if scaling is not None and scaling.min_replicas == 0:
+            raise ValueError("the Coordinator is the ingress: coordinator.autoscaling_config.min_replicas must be >= 1")
+        return self
 
     @model_validator(mode="after")
     def _check_routes(self) -> AppConfig:

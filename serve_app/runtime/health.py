@@ -7,6 +7,7 @@ error and since when. :func:`rollup` combines components into one overall state.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -16,6 +17,24 @@ Clock = Callable[[], float]
 
 # Serve deployment states (DeploymentStatus values) that mean "cannot serve".
 _SERVE_FAILED = {"UNHEALTHY", "DEPLOY_FAILED"}
+_MAX_ERROR_CHARS = 500
+
+
+def summarize(text: str | None) -> str | None:
+    """What of an error text may be shown to clients: its first line and, when it carries a Python
+    traceback (Serve's deployment messages do), the exception that ended it: never the frames,
+    which stay in the logs."""
+    if not text:
+        return text
+    head, *trace = re.split(r"\s*Traceback \(most recent call last\):?", text, maxsplit=1)
+    first = head.strip().splitlines()[0].strip() if head.strip() else ""
+    raised = ""
+    if trace:
+        # The frames are indented ("  File ..."); the exception line that ends them is not.
+        lines = [line.strip() for line in trace[0].splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+        raised = lines[-1] if lines else ""
+    summary = " ".join(part for part in (first, raised) if part) or "see the replica's logs"
+    return summary[:_MAX_ERROR_CHARS]
 
 
 class ComponentTracker:
@@ -54,9 +73,15 @@ class ComponentTracker:
         state = HealthState.UNHEALTHY if self._ever_healthy else HealthState.INITIALIZING
         self._set(self._combine(state, error), error)
 
+    def observe_scaled_to_zero(self) -> None:
+        """Autoscaling took the pool to zero replicas: nothing to probe (a probe would start one),
+        and ready: its next request starts a replica and waits for it, bounded by its deadline."""
+        self._reported = {"scaled_to_zero": True}
+        self._set(self._combine(HealthState.HEALTHY, None), None)
+
     def observe_serve(self, status: str, message: str, replica_states: Mapping[str, int]) -> None:
         """Serve's view of the deployment (from ``serve.status()``)."""
-        self._serve = {"status": status, "message": message, "replica_states": dict(replica_states)}
+        self._serve = {"status": status, "message": summarize(message), "replica_states": dict(replica_states)}
         if self._state is not HealthState.INITIALIZING:
             self._set(self._combine(self._state, self._error), self._error)
 
@@ -68,6 +93,7 @@ class ComponentTracker:
         return state
 
     def _set(self, state: HealthState, error: str | None) -> None:
+        error = summarize(error)
         now = self._clock()
         if state is not self._state:
             self._state = state

@@ -25,6 +25,13 @@ POOLS: dict[str, Any] = {
         "max_ongoing_requests": 2,
         "max_queued_requests": 2,
     },
+    # Serve's autoscaling down to zero: no replica until the first request.
+    "cold": {
+        "handler_modules": ["serve_app.examples.model"],
+        "task_types": ["tokenize"],
+        "settings": {"vocabulary": ["hello", "world"]},
+        "autoscaling_config": {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "downscale_delay_s": 600},
+    },
 }
 GRPC_SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
 WORKFLOWS: list[dict[str, Any]] = [

@@ -103,7 +103,7 @@ def test_sync_client_and_status(serve_instance: dict[str, Any], http: httpx.Clie
         res = client.submit("echo", {"message": "via client"})
         assert res.success and res.result == {"message": "via client"}
         status = client.status()
-    assert set(status["pools"]) == {"general", "compute", "fragile"}
+    assert set(status["pools"]) == {"general", "compute", "fragile", "cold"}
 
 
 def test_async_client_concurrent(serve_instance: dict[str, Any], http: httpx.Client) -> None:

@@ -123,9 +123,9 @@ def test_backpressure_is_503_overloaded_with_retry_after(http: httpx.Client) -> 
 def test_liveness_readiness_status(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "alive"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["pools"] == ["compute", "fragile", "general"]
+    assert ready.status_code == 200 and ready.json()["pools"] == ["cold", "compute", "fragile", "general"]
     status = http.get("/v1/status").json()
-    assert set(status["pools"]) == {"general", "compute", "fragile"}
+    assert set(status["pools"]) == {"general", "compute", "fragile", "cold"}
     for pool in status["pools"].values():
         assert pool["status"] == "healthy", pool
         assert pool["details"]["reported"]["details"]["replica_id"]

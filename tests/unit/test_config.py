@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -50,3 +52,61 @@ def test_shipped_serve_config_is_valid() -> None:
     assert app["import_path"] == "graphs.serveflow:build_app"
     cfg = AppConfig.from_args(app["args"])
     assert len(cfg.pools) >= 2
+
+
+def test_pools_pass_serve_scaling_and_placement_through() -> None:
+    from serve_app.runtime.config import PoolConfig
+
+    pool = PoolConfig.model_validate(
+        {
+            "handler_modules": ["m"],
+            "task_types": ["t"],
+            "autoscaling_config": {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 3},
+            "num_gpus": 0.5,
+            "memory": 2**30,
+            "resources": {"node:worker": 0.01},
+            "accelerator_type": "A100",
+            "runtime_env": {"env_vars": {"X": "1"}},
+        }
+    )
+    assert pool.can_scale_to_zero
+    options = pool.deployment_options()
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"]["min_replicas"] == 0 and options["autoscaling_config"]["target_ongoing_requests"] == 3
+    assert options["ray_actor_options"] == {
+        "num_cpus": 0.1,
+        "num_gpus": 0.5,
+        "memory": 2**30,
+        "resources": {"node:worker": 0.01},
+        "accelerator_type": "A100",
+        "runtime_env": {"env_vars": {"X": "1"}},
+    }
+    fixed = PoolConfig.model_validate({"handler_modules": ["m"], "task_types": ["t"], "num_replicas": 3})
+    assert fixed.deployment_options() == {"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 3}
+    assert not fixed.can_scale_to_zero
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}, "not both"),
+        ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas (3) must be <= max_replicas (2)"),
+        ({"autoscaling_config": {"max_replicas": 2, "target_ongoing": 1}}, "target_ongoing"),
+        ({"num_gpus": -1}, "num_gpus"),
+        ({"resources": {"x": -1}}, "non-negative"),
+    ],
+)
+def test_bad_pool_scaling_fails_the_deploy_naming_the_field(extra: dict, message: str) -> None:
+    args = {"pools": {"p": {"handler_modules": ["m"], "task_types": ["t"], **extra}}}
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        AppConfig.from_args(args)
+
+
+def test_several_coordinators_need_postgres() -> None:
+    pools = {"p": {"handler_modules": ["m"], "task_types": ["t"]}}
+    with pytest.raises(ValidationError, match="several Coordinator replicas need workflows.store: postgres"):
+        AppConfig.from_args({"pools": pools, "coordinator": {"num_replicas": 2}})
+    with pytest.raises(ValidationError, match="min_replicas must be >= 1"):
+        AppConfig.from_args({"pools": pools, "workflows": {"store": "postgres"}, "coordinator": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}})
+    ok = AppConfig.from_args({"pools": pools, "workflows": {"store": "postgres"}, "coordinator": {"num_replicas": 2, "num_cpus": 0.2}})
+    assert ok.coordinator.deployment_options() == {"ray_actor_options": {"num_cpus": 0.2}, "num_replicas": 2}

@@ -76,3 +76,39 @@ def test_redacted_dsn_never_shows_the_password() -> None:
 
     assert redact_dsn("postgresql://app:s3cret@db:5432/serveflow") == "postgresql://app:***@db:5432/serveflow"
     assert redact_dsn("postgresql://app@db/serveflow") == "postgresql://app@db/serveflow"
+
+
+def test_a_pool_scaled_to_zero_is_ready() -> None:
+    t = ComponentTracker("gpu", clock=lambda: 1.0)
+    assert not t.ready  # initializing until someone says otherwise
+    t.observe_serve("HEALTHY", "", {})
+    t.observe_scaled_to_zero()
+    assert t.ready and t.snapshot().details["reported"] == {"scaled_to_zero": True}
+    t.observe_serve("DEPLOY_FAILED", "import failed", {})
+    t.observe_scaled_to_zero()
+    assert t.state is HealthState.DEGRADED  # Serve's failure still shows
+
+
+def test_serve_messages_lose_their_tracebacks() -> None:
+    from serve_app.runtime.health import summarize
+
+    message = (
+        "A replica failed the health check 3 times in a row, marking it unhealthy. Traceback (most recent call last):\n"
+        '  File "/x/site-packages/ray/serve/_private/replica.py", line 10, in check_health\nRuntimeError: stuck'
+    )
+    assert summarize(message) == "A replica failed the health check 3 times in a row, marking it unhealthy. RuntimeError: stuck"
+    t = ComponentTracker("p", clock=lambda: 1.0)
+    t.observe_report({"status": "healthy"})
+    t.observe_serve("UNHEALTHY", message, {"RUNNING": 1})
+    snap = t.snapshot()
+    assert "Traceback" not in snap.model_dump_json() and snap.error == summarize(message)
+    assert summarize("Traceback (most recent call last):\n  File x") == "see the replica's logs"
+    failed_import = (
+        "The deployment failed to start 3 times in a row. Traceback (most recent call last):\n"
+        '  File "/w/handler_worker.py", line 40, in __init__\n    registry = ...\n'
+        "serve_app.runtime.handlers.HandlerLoadError: pool 'broken' failed to import serve_app.examples.nope"
+    )
+    assert summarize(failed_import) == (
+        "The deployment failed to start 3 times in a row. "
+        "serve_app.runtime.handlers.HandlerLoadError: pool 'broken' failed to import serve_app.examples.nope"
+    )

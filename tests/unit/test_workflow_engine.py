@@ -13,7 +13,7 @@ from serve_app.core.errors import Conflict
 from serve_app.workflow import WorkflowSpec, validate
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
-from serve_app.workflow.store import Lease, MemoryRunStore, RunStore, SqliteRunStore
+from serve_app.workflow.store import Lease, MemoryRunStore, RunStore
 from serve_app.testing import in_process_dispatcher
 from tests.conftest import STORE_KINDS, StoreFactory
 
