@@ -3,8 +3,9 @@
     python -m bench.engine_overhead
 
 Runs a chain of 10 noop steps through the real engine and dispatcher with the
-in-process pools, for each store, and prints milliseconds per step (median of
-repeats). Isolates engine + store cost from Ray's handle-call cost.
+in-process pools, for each store (memory, SQLite, a real local Postgres), and
+prints milliseconds per step (median of repeats). Isolates engine + store cost
+from Ray's handle-call cost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from serve_app.runtime.config import AppConfig
 from serve_app.testing import in_process_dispatcher
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import WorkflowSpec
-from serve_app.workflow.store import MemoryRunStore, SqliteRunStore
+from serve_app.workflow.store import open_store
 
 CHAIN = WorkflowSpec.model_validate(
     {
@@ -31,10 +32,10 @@ CHAIN = WorkflowSpec.model_validate(
 CONFIG = AppConfig.from_args({"pools": {"p": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["noop"]}}})
 
 
-async def per_step_ms(store_kind: str, cancel_poll_s: float, runs: int) -> float:
+async def per_step_ms(store_kind: str, cancel_poll_s: float, runs: int, dsn: str | None = None) -> float:
     dispatcher, _, pools = in_process_dispatcher(CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteRunStore(f"{tmp}/r.sqlite3") if store_kind == "sqlite" else MemoryRunStore()
+        store = await open_store(store_kind, path=f"{tmp}/r.sqlite3", dsn=dsn)
         engine = RunEngine(store, dispatcher.submit, {"chain10": CHAIN}, owner="bench", cancel_poll_s=cancel_poll_s)
         samples = []
         for _ in range(runs):
@@ -50,10 +51,13 @@ async def per_step_ms(store_kind: str, cancel_poll_s: float, runs: int) -> float
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-    for store in ("memory", "sqlite"):
-        for poll in (0.0, 0.5):
-            ms = asyncio.run(per_step_ms(store, poll, runs))
-            print(f"store={store:6s} cancel_poll_s={poll:.1f}  {ms:.2f} ms/step")
+    from serve_app.testing_postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        for store in ("memory", "sqlite", "postgres"):
+            for poll in (0.0, 0.5):
+                ms = asyncio.run(per_step_ms(store, poll, runs, pg.dsn))
+                print(f"store={store:8s} cancel_poll_s={poll:.1f}  {ms:.2f} ms/step")
 
 
 if __name__ == "__main__":

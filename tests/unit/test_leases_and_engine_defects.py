@@ -221,3 +221,10 @@ def test_migrations_upgrade_a_pre_versioning_database(tmp_path: Any) -> None:
     store = SqliteRunStore(path)
     assert store.path == path
     asyncio.run(store.close())
+
+
+def test_every_backend_has_the_same_migrations() -> None:
+    from serve_app.workflow.migrations import POSTGRES_MIGRATIONS
+
+    assert [(v, name) for v, name, _ in SQLITE_MIGRATIONS] == [(v, name) for v, name, _ in POSTGRES_MIGRATIONS]
+    assert [v for v, _, _ in SQLITE_MIGRATIONS] == list(range(1, len(SQLITE_MIGRATIONS) + 1))
