@@ -51,7 +51,9 @@ _FROM_GRPC: dict[grpc.StatusCode, ErrorCode] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorCode.OVERLOADED,
     grpc.StatusCode.CANCELLED: ErrorCode.CANCELLED,
     grpc.StatusCode.UNAUTHENTICATED: ErrorCode.UNAUTHENTICATED,
-    grpc.StatusCode.NOT_FOUND: ErrorCode.NOT_FOUND,
+    # serveflow's own not_found always carries its envelope; a bare NOT_FOUND is Serve's proxy
+    # saying the application is not deployed (yet): during a deploy or a restart, so retryable.
+    grpc.StatusCode.NOT_FOUND: ErrorCode.UNAVAILABLE,
     grpc.StatusCode.INVALID_ARGUMENT: ErrorCode.INVALID_REQUEST,
     grpc.StatusCode.UNIMPLEMENTED: ErrorCode.METHOD_NOT_ALLOWED,
     grpc.StatusCode.ALREADY_EXISTS: ErrorCode.CONFLICT,

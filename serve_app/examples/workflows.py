@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from serve_app.workflow import Workflow
 
+
+class FanoutInput(BaseModel):
+    """The run input of ``fanout``: a run with anything else is refused (422) before it exists."""
+
+    seconds: float = Field(ge=0, le=60)
+
+
 # Fan-out/fan-in: four independent sleeps, then one step that waits for all of them.
-fanout = Workflow("fanout", "Four parallel sleeps joined by an echo")
+fanout = Workflow("fanout", "Four parallel sleeps joined by an echo", input_model=FanoutInput)
 sleeps = [fanout.step(f"sleep{i}", "sleep", {"seconds": Workflow.input("seconds")}) for i in range(4)]
 fanout.step("join", "echo", {"message": "all done"}, depends_on=sleeps)
 

@@ -25,6 +25,7 @@ from serve_app.core.errors import ErrorCode, NotFound, ValidationFailed
 from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.runtime import tracing
+from serve_app.workflow.inputs import InputSchema
 from serve_app.workflow.spec import MissingValue, StepSpec, WorkflowSpec, resolve
 from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
 from serve_app.workflow.store import Lease, LeaseLost, RunStore
@@ -74,6 +75,7 @@ class RunEngine:
         self._cancel: dict[str, asyncio.Event] = {}
         self._epochs: dict[str, int] = {}  # lease epoch of each run driven here
         self._start_timeout_s = step_start_timeout_s
+        self._inputs = {n: InputSchema(n, s.input_schema) for n, s in self._workflows.items() if s.input_schema is not None}
         self._closing = False
 
     @property
@@ -93,6 +95,8 @@ class RunEngine:
         spec = self._workflows.get(workflow)
         if spec is None:
             raise NotFound(f"unknown workflow {workflow!r}", details={"known_workflows": sorted(self._workflows)})
+        if workflow in self._inputs:
+            self._inputs[workflow].check(run_input)  # refused before anything is stored
         run = RunState(
             run_id=uuid.uuid4().hex,
             workflow=workflow,

@@ -85,6 +85,11 @@ class StepSpec(_Strict):
 class WorkflowSpec(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
     description: str = ""
+    input_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema (2020-12) the run input must match; a run that does not is refused with 422 "
+        "naming the field, and no run is created.",
+    )
     steps: list[StepSpec] = Field(min_length=1, max_length=1000)
     output: dict[str, Any] | None = Field(
         None, description="Run output mapping (references allowed); default: the results of the final steps."
@@ -208,6 +213,22 @@ def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
+def input_schema_problem(schema: Mapping[str, Any]) -> str | None:
+    """Why ``schema`` is not a usable JSON Schema for a run input, or None."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        return f"not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+    declared = schema.get("type")
+    if declared is not None and declared != "object" and "object" not in (declared if isinstance(declared, list) else []):
+        return f"a run input is a JSON object, but the schema's type is {declared!r}"
+    return None
+
+
 def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) -> None:
     """Raise :class:`WorkflowError` listing every problem, each naming its step."""
     problems: list[str] = []
@@ -235,6 +256,10 @@ def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) 
         problem = _check_ref("output", ref, seen)
         if problem:
             problems.append(problem)
+    if spec.input_schema is not None:
+        problem = input_schema_problem(spec.input_schema)
+        if problem:
+            problems.append(f"input_schema: {problem}")
     if not problems:
         cycle = find_cycle(spec.dependencies())
         if cycle:
@@ -265,9 +290,11 @@ class Workflow:
         spec = wf.build(known_task_types)
     """
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "", *, input_model: type[BaseModel] | None = None) -> None:
         self.name = name
         self.description = description
+        # A pydantic model declares the run input; it is kept as its JSON Schema (one check for both).
+        self._input_schema = input_model.model_json_schema() if input_model is not None else None
         self._steps: list[dict[str, Any]] = []
         self._output: dict[str, Any] | None = None
 
@@ -304,7 +331,13 @@ class Workflow:
 
     def build(self, known_task_types: Iterable[str] | None = None) -> WorkflowSpec:
         spec = WorkflowSpec.model_validate(
-            {"name": self.name, "description": self.description, "steps": self._steps, "output": self._output}
+            {
+                "name": self.name,
+                "description": self.description,
+                "input_schema": self._input_schema,
+                "steps": self._steps,
+                "output": self._output,
+            }
         )
         validate(spec, known_task_types)
         return spec

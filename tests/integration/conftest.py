@@ -37,6 +37,11 @@ GRPC_SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
 WORKFLOWS: list[dict[str, Any]] = [
     {
         "name": "diamond",
+        "input_schema": {
+            "type": "object",
+            "required": ["text", "n"],
+            "properties": {"text": {"type": "string"}, "n": {"type": "integer", "minimum": 0, "maximum": 90}},
+        },
         "steps": [
             {"name": "a", "task_type": "echo", "input": {"message": "${input.text}"}},
             {"name": "b", "task_type": "fib", "input": {"n": "${input.n}"}, "depends_on": ["a"]},

@@ -84,6 +84,21 @@ def test_idempotent_resubmission(http: httpx.Client) -> None:
     assert sum(1 for r in listed if r["run_id"] == first["run_id"]) == 1
 
 
+def test_typed_input_is_checked_before_a_run_exists(serve_instance: dict[str, Any], http: httpx.Client) -> None:
+    before = len(http.get("/v1/runs", params={"workflow": "diamond", "limit": 1000}).json()["runs"])
+    r = http.post("/v1/workflows/diamond/runs", json={"input": {"text": "x", "n": "twelve"}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
+    assert ["input", "n"] in [e["loc"] for e in r.json()["error"]["details"]["errors"]]
+    missing = http.post("/v1/workflows/diamond/runs", json={"input": {"n": 3}}).json()
+    assert missing["error"]["details"]["errors"][0]["loc"] == ["input", "text"]
+    with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
+        refused = client.start_run("diamond", {"text": "x", "n": 1000})
+        assert refused.error is not None and refused.error.code == "validation_error" and "maximum" in refused.error.message
+    assert len(http.get("/v1/runs", params={"workflow": "diamond", "limit": 1000}).json()["runs"]) == before  # none created
+    schema = http.get("/v1/workflows/diamond").json()["input_schema"]
+    assert schema["required"] == ["text", "n"]
+
+
 def test_runs_over_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
         started = client.start_run("diamond", {"text": "g", "n": 5}, wait=True)

@@ -88,3 +88,12 @@ def test_error_text() -> None:
 
     assert error_text(NotReady("pool starting")) == "pool starting"
     assert error_text(TimeoutError("slow")) == "TimeoutError: slow"
+
+
+def test_a_bare_grpc_status_maps_to_a_code_retryable_when_it_is_transient() -> None:
+    from serve_app.core.codec import transport_failure
+
+    app_missing = transport_failure(grpc.StatusCode.NOT_FOUND, "Application 'serveflow' not found. Ping /ray.serve...")
+    assert app_missing.code == "unavailable" and app_missing.retryable and app_missing.details["transport"] is True
+    assert transport_failure(grpc.StatusCode.DEADLINE_EXCEEDED, None).code == "timeout"
+    assert not transport_failure(grpc.StatusCode.INTERNAL, "boom").retryable

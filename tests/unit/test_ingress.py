@@ -292,3 +292,41 @@ def test_without_workflows_every_workflow_route_agrees(config: AppConfig) -> Non
 
     asyncio.run(over_grpc())
     pools.close()
+
+
+# ------------------------------------------------- typed run input (#12)
+
+
+TYPED = {"type": "object", "required": ["text", "n"], "properties": {"text": {"type": "string"}, "n": {"type": "integer", "minimum": 0}}}
+
+
+@pytest.fixture
+def typed(config: AppConfig) -> Iterator[TestClient]:
+    from serve_app.workflow import WorkflowSpec
+
+    spec = WORKFLOWS["diamond"].model_copy(update={"input_schema": TYPED})
+    dispatcher, board, pools = in_process_dispatcher(config)
+    store = SqliteRunStore(":memory:")
+    runs = RunService(RunEngine(store, dispatcher.submit, {**WORKFLOWS, "diamond": WorkflowSpec.model_validate(spec.model_dump())}, owner="t"))
+    with TestClient(build_http_app(Backend(dispatcher, board, _status, runs), max_body_bytes=BIG)) as c:
+        yield c
+    asyncio.run(store.close())
+    pools.close()
+
+
+@pytest.mark.parametrize(
+    "run_input, loc",
+    [
+        ({"text": "x"}, ["input", "n"]),
+        ({"text": "x", "n": "seven"}, ["input", "n"]),
+        ({"text": 3, "n": -1}, ["input", "n"]),
+        ({}, ["input", "n"]),
+    ],
+)
+def test_a_run_whose_input_does_not_match_is_refused_and_not_created(typed: TestClient, run_input: dict[str, Any], loc: list[str]) -> None:
+    body = _structured(typed.post("/v1/workflows/diamond/runs", json={"input": run_input}), 422, "validation_error")
+    assert loc in [e["loc"] for e in body["error"]["details"]["errors"]]
+    assert "input schema of 'diamond'" in body["error"]["message"]
+    assert typed.get("/v1/runs").json()["runs"] == []
+    ok = typed.post("/v1/workflows/diamond/runs", json={"input": {"text": "x", "n": 3}, "wait": True})
+    assert ok.status_code == 200 and ok.json()["run"]["status"] == "succeeded"

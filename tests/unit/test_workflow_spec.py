@@ -113,3 +113,24 @@ def test_loader_reports_schema_problems_with_origin() -> None:
     cfg = WorkflowsConfig(definitions=[{"name": "w", "steps": [{"name": "s"}]}])
     with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0.task_type: Field required"):
         load_workflows(cfg, KNOWN)
+
+
+def test_input_schemas_are_checked_at_deploy_time() -> None:
+    steps = [{"name": "a", "task_type": "echo"}]
+    with pytest.raises(WorkflowError, match="input_schema: not a valid JSON Schema at properties/n/type"):
+        validate(WorkflowSpec.model_validate({"name": "w", "steps": steps, "input_schema": {"properties": {"n": {"type": "integr"}}}}))
+    with pytest.raises(WorkflowError, match="input_schema: a run input is a JSON object, but the schema's type is 'array'"):
+        validate(WorkflowSpec.model_validate({"name": "w", "steps": steps, "input_schema": {"type": "array"}}))
+
+
+def test_a_pydantic_model_declares_the_input_in_python() -> None:
+    from pydantic import BaseModel, Field
+
+    class Order(BaseModel):
+        customer: str
+        amount: float = Field(gt=0)
+
+    wf = Workflow("orders", input_model=Order)
+    wf.step("a", "echo", {"message": Workflow.input("customer")})
+    spec = wf.build({"echo"})
+    assert spec.input_schema is not None and spec.input_schema["required"] == ["customer", "amount"]
