@@ -377,6 +377,8 @@ class RunEngine:
         # ``st`` is the run's own step record: attempts survive a cancellation.
         with tracing.start_span(f"Step:{spec.name}.{step.name}", attributes={"serveflow.run_id": run.run_id}):
             lease = self._lease(run.run_id)
+            if not await self._condition_holds(run, step, st, results, lease):
+                return st
             st.status, st.error = StepStatus.RUNNING, None
             st.started_at = st.started_at or self._clock()
             refused_since: float | None = None
@@ -409,6 +411,31 @@ class RunEngine:
             st.finished_at = self._clock()
             await self._store.save_step(run.run_id, st, lease)
             return st
+
+    async def _condition_holds(
+        self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any], lease: Lease
+    ) -> bool:
+        """Evaluate the step's ``when:``; a false one skips it (dependants follow, as for any skipped
+        step), and one that reads a missing value fails it, naming the step. Both are recorded."""
+        condition = step.condition()
+        if condition is None:
+            return True
+        try:
+            if condition.evaluate(run.input, results):
+                return True
+            st.status = StepStatus.SKIPPED
+        except MissingValue as exc:
+            st.status = StepStatus.FAILED
+            st.error = ErrorInfo(
+                code=ErrorCode.VALIDATION_ERROR.value,
+                message=f"step {step.name!r} when: {exc}",
+                retryable=False,
+                details={"step": step.name, "when": step.when},
+            )
+        st.started_at = st.started_at or self._clock()
+        st.finished_at = self._clock()
+        await self._store.save_step(run.run_id, st, lease)
+        return False
 
     async def _attempt(self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any]) -> TaskResult:
         try:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serve_app.core.errors import ErrorCode
 from serve_app.core.retry import Backoff
 from serve_app.core.models import NAME_PATTERN
+from serve_app.workflow.conditions import Condition, ConditionError, compile_condition
 
 _REF = re.compile(r"^\$\{([^{}]+)\}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -80,6 +81,16 @@ class StepSpec(_Strict):
     on_failure: Literal["fail_run", "continue"] = Field(
         "fail_run", description="fail_run: the run fails; continue: dependants are skipped, other branches go on."
     )
+    when: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="JMESPath condition over input.* and steps.<name>.result.*; false skips the step "
+        "(and so its dependants).",
+    )
+
+    def condition(self) -> Condition | None:
+        return compile_condition(self.when) if self.when else None
 
 
 class WorkflowSpec(_Strict):
@@ -102,13 +113,26 @@ class WorkflowSpec(_Strict):
         raise KeyError(name)
 
     def dependencies(self) -> dict[str, set[str]]:
-        """step -> every step it waits for (explicit depends_on plus references)."""
-        return {s.name: set(s.depends_on) | {ref[1] for ref in step_refs(s.input) if ref[0] == "steps"} for s in self.steps}
+        """step -> every step it waits for (explicit depends_on, references, and what its condition reads)."""
+        return {
+            s.name: set(s.depends_on)
+            | {ref[1] for ref in step_refs(s.input) if ref[0] == "steps"}
+            | (_condition_steps(s))
+            for s in self.steps
+        }
 
     def final_steps(self) -> list[str]:
         deps = self.dependencies()
         upstream = set().union(*deps.values()) if deps else set()
         return [s.name for s in self.steps if s.name not in upstream]
+
+
+def _condition_steps(step: StepSpec) -> set[str]:
+    try:
+        condition = step.condition()
+    except ConditionError:
+        return set()  # reported by validate(), with the step named
+    return condition.steps if condition is not None else set()
 
 
 # --------------------------------------------------------------------------- references
@@ -140,7 +164,7 @@ class MissingValue(LookupError):
     """A reference points at a value that is not there at run time."""
 
 
-def _lookup(root: Any, path: list[str], what: str) -> Any:
+def lookup(root: Any, path: list[str], what: str) -> Any:
     cur = root
     for seg in path:
         if isinstance(cur, Mapping) and seg in cur:
@@ -157,11 +181,11 @@ def resolve(template: Any, run_input: Mapping[str, Any], results: Mapping[str, A
     ref = parse_ref(template)
     if ref is not None:
         if ref[0] == "input":
-            return _lookup(run_input, ref[1:], "run input")
+            return lookup(run_input, ref[1:], "run input")
         name = ref[1]
         if name not in results:
             raise MissingValue(f"step {name!r} has no result")
-        return _lookup(results[name], ref[3:], f"result of step {name!r}")
+        return lookup(results[name], ref[3:], f"result of step {name!r}")
     if isinstance(template, Mapping):
         return {k: resolve(v, run_input, results) for k, v in template.items()}
     if isinstance(template, list):
@@ -213,6 +237,19 @@ def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
+def _condition_problems(where: str, step: StepSpec, names: set[str]) -> list[str]:
+    try:
+        condition = step.condition()
+    except ConditionError as exc:
+        return [f"{where}: when {exc}"]
+    if condition is None:
+        return []
+    problems = [f"{where}: when reads unknown step {name!r}" for name in sorted(condition.steps - names)]
+    if step.name in condition.steps:
+        problems.append(f"{where}: when reads its own result")
+    return problems
+
+
 def input_schema_problem(schema: Mapping[str, Any]) -> str | None:
     """Why ``schema`` is not a usable JSON Schema for a run input, or None."""
     from jsonschema import Draft202012Validator
@@ -252,6 +289,7 @@ def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) 
             problem = _check_ref(where, ref, seen)
             if problem:
                 problems.append(problem)
+        problems.extend(_condition_problems(where, s, set(names)))
     for ref in step_refs(spec.output or {}):
         problem = _check_ref("output", ref, seen)
         if problem:
@@ -312,6 +350,7 @@ class Workflow:
         timeout_s: float | None = None,
         retry: StepRetry | Mapping[str, Any] | None = None,
         on_failure: Literal["fail_run", "continue"] = "fail_run",
+        when: str | None = None,
     ) -> StepRef:
         self._steps.append(
             {
@@ -322,6 +361,7 @@ class Workflow:
                 "timeout_s": timeout_s,
                 "retry": retry if retry is not None else {},
                 "on_failure": on_failure,
+                "when": when,
             }
         )
         return StepRef(name)

@@ -84,6 +84,18 @@ WORKFLOWS: list[dict[str, Any]] = [
         ],
     },
 ]
+WORKFLOWS.append(
+    {
+        "name": "branchy",
+        "input_schema": {"type": "object", "required": ["tier"], "properties": {"tier": {"type": "string"}}},
+        "steps": [
+            {"name": "check", "task_type": "echo", "input": {"message": "${input.tier}"}},
+            {"name": "vip", "task_type": "echo", "input": {"message": "vip"}, "when": "steps.check.result.message == 'gold'"},
+            {"name": "thanks", "task_type": "echo", "input": {"message": "${steps.vip.result.message}"}},
+            {"name": "big", "task_type": "fib", "input": {"n": 10}, "when": "input.amount > `100`"},
+        ],
+    }
+)
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 

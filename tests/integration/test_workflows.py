@@ -99,6 +99,20 @@ def test_typed_input_is_checked_before_a_run_exists(serve_instance: dict[str, An
     assert schema["required"] == ["text", "n"]
 
 
+def test_conditions_skip_branches_on_real_serve(serve_instance: dict[str, Any], http: httpx.Client) -> None:
+    gold = http.post("/v1/workflows/branchy/runs", json={"input": {"tier": "gold", "amount": 500}, "wait": True}).json()["run"]
+    assert gold["status"] == "succeeded" and {s["name"]: s["status"] for s in gold["steps"]} == {
+        "check": "succeeded", "vip": "succeeded", "thanks": "succeeded", "big": "succeeded",
+    }
+    with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
+        plain = client.start_run("branchy", {"tier": "silver", "amount": 1}, wait=True).run
+    assert plain is not None and plain["status"] == "succeeded"
+    assert {s["name"]: s["status"] for s in plain["steps"]} == {"check": "succeeded", "vip": "skipped", "thanks": "skipped", "big": "skipped"}
+    missing = http.post("/v1/workflows/branchy/runs", json={"input": {"tier": "gold"}, "wait": True}).json()["run"]
+    big = {s["name"]: s for s in missing["steps"]}["big"]
+    assert missing["status"] == "failed" and big["error"]["code"] == "validation_error" and "'big' when:" in big["error"]["message"]
+
+
 def test_runs_over_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
         started = client.start_run("diamond", {"text": "g", "n": 5}, wait=True)

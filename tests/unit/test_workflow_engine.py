@@ -242,3 +242,37 @@ async def test_cancel_through_another_replica_is_seen_within_the_poll_interval(s
     assert done.status is RunStatus.CANCELLED and done.step("first").status is StepStatus.CANCELLED
     await owner.shutdown()
     pools.close()
+
+
+BRANCHY = spec(
+    "branchy",
+    [
+        {"name": "check", "task_type": "echo", "input": {"message": "${input.tier}"}},
+        {"name": "gold", "task_type": "echo", "input": {"message": "vip"}, "when": "steps.check.result.message == 'gold'"},
+        {"name": "after_gold", "task_type": "echo", "input": {"message": "${steps.gold.result.message}"}},
+        {"name": "big", "task_type": "fib", "input": {"n": 5}, "when": "input.amount > `100`"},
+        {"name": "always", "task_type": "echo", "input": {"message": "done"}, "depends_on": ["check"]},
+    ],
+)
+
+
+async def test_when_skips_or_runs_a_step_and_a_missing_value_fails_it(store: RunStore, config: AppConfig) -> None:
+    dispatcher, _, pools = in_process_dispatcher(config)
+    eng = RunEngine(store, dispatcher.submit, {"branchy": BRANCHY}, owner="o")
+    gold = await run_to_end(eng, "branchy", {"tier": "gold", "amount": 500})
+    assert gold.status is RunStatus.SUCCEEDED, gold.error
+    assert {s.name: s.status.value for s in gold.steps} == {
+        "check": "succeeded", "gold": "succeeded", "after_gold": "succeeded", "big": "succeeded", "always": "succeeded",
+    }
+    plain = await run_to_end(eng, "branchy", {"tier": "silver", "amount": 5})
+    assert plain.status is RunStatus.SUCCEEDED, plain.error
+    states = {s.name: s for s in plain.steps}
+    assert states["gold"].status is StepStatus.SKIPPED and states["gold"].attempts == 0  # never sent to a pool
+    assert states["after_gold"].status is StepStatus.SKIPPED  # its dependant, like any skipped upstream
+    assert states["big"].status is StepStatus.SKIPPED and states["always"].status is StepStatus.SUCCEEDED
+    missing = await run_to_end(eng, "branchy", {"tier": "gold"})  # no amount
+    big = missing.step("big")
+    assert missing.status is RunStatus.FAILED and big.status is StepStatus.FAILED
+    assert big.error is not None and big.error.code == "validation_error" and "step 'big' when:" in big.error.message
+    await eng.shutdown()
+    pools.close()

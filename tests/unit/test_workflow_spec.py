@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -134,3 +136,44 @@ def test_a_pydantic_model_declares_the_input_in_python() -> None:
     wf.step("a", "echo", {"message": Workflow.input("customer")})
     spec = wf.build({"echo"})
     assert spec.input_schema is not None and spec.input_schema["required"] == ["customer", "amount"]
+
+
+def _when(expr: str, **extra: object) -> WorkflowSpec:
+    return WorkflowSpec.model_validate(
+        {
+            "name": "w",
+            "steps": [
+                {"name": "check", "task_type": "echo", "input": {"message": "x"}},
+                {"name": "go", "task_type": "echo", "input": {"message": "y"}, "when": expr, **extra},
+            ],
+        }
+    )
+
+
+def test_conditions_are_parsed_and_checked_at_deploy_time_with_the_step_named() -> None:
+    spec = _when("input.amount > `100` && steps.check.result.message == 'x'")
+    validate(spec)
+    assert spec.dependencies()["go"] == {"check"}  # what a condition reads is waited for
+    for expr, message in [
+        ("input.amount >", "step 'go': when is not a valid JMESPath expression"),
+        ("steps.nope.result.ok", "step 'go': when reads unknown step 'nope'"),
+        ("steps.go.result.ok", "step 'go': when reads its own result"),
+        ("env.HOME == 'x'", "when reads 'env.HOME': a condition reads only input.* and steps.<name>.result.*"),
+        ("steps.check.status == 'ok'", "a step is read as steps.<name>.result[.x]"),
+    ]:
+        with pytest.raises(WorkflowError, match=re.escape(message)):
+            validate(_when(expr))
+
+
+def test_conditions_evaluate_with_jmespath_truth_and_refuse_missing_values() -> None:
+    from serve_app.workflow.conditions import compile_condition
+
+    c = compile_condition("contains(`[\"eu\", \"us\"]`, input.region) && !(input.n < `3`)")
+    assert c.evaluate({"region": "eu", "n": 3}, {}) is True
+    assert c.evaluate({"region": "cn", "n": 3}, {}) is False
+    assert compile_condition("input.n").evaluate({"n": 0}, {}) is True  # JMESPath: 0 is true
+    assert compile_condition("input.tags").evaluate({"tags": []}, {}) is False
+    with pytest.raises(MissingValue, match="input.region"):
+        c.evaluate({"n": 5}, {})
+    with pytest.raises(MissingValue, match="step 'check' has no result"):
+        compile_condition("steps.check.result.ok").evaluate({}, {})
