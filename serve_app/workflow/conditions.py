@@ -25,23 +25,42 @@ class ConditionError(ValueError):
     """A condition that cannot be used (syntax, or what it reads)."""
 
 
-def _paths(node: Mapping[str, Any]) -> Iterator[list[str]]:
-    """The field paths an expression reads from its root document (``input.a.b`` -> [input, a, b])."""
+# Nodes whose first child is read from the document they apply to, and whose later children
+# are evaluated against each element (or the left result): only the first names a root path.
+_LEFT_THEN_RELATIVE = {"projection", "value_projection", "filter_projection", "index_expression", "flatten"}
+
+
+def _leading(node: Mapping[str, Any]) -> list[str]:
+    """The field path a path-like node starts with (``input.items[*].sku`` -> [input, items])."""
     kind = node.get("type")
     if kind == "field":
-        yield [node["value"]]
-        return
+        return [node["value"]]
     if kind == "subexpression":
         chain: list[str] = []
         for child in node["children"]:
+            chain += _leading(child)
             if child.get("type") != "field":
-                break
-            chain.append(child["value"])
+                break  # what follows is relative to a projection or an index
+        return chain
+    if kind in _LEFT_THEN_RELATIVE and node.get("children"):
+        return _leading(node["children"][0])
+    return []
+
+
+def _paths(node: Mapping[str, Any]) -> Iterator[list[str]]:
+    """The field paths an expression reads from its root document."""
+    kind = node.get("type")
+    if kind == "field" or kind == "subexpression" or kind in _LEFT_THEN_RELATIVE:
+        chain = _leading(node)
         if chain:
             yield chain
-            # What follows a non-field (an index, a projection) is relative, not from the root.
-            return
-    for child in node.get("children", []):
+        return
+    if kind == "expref":  # &expr arguments (sort_by...) apply to elements
+        return
+    children = node.get("children", [])
+    if kind == "pipe":  # the right side reads the left side's result
+        children = children[:1]
+    for child in children:
         if isinstance(child, Mapping):
             yield from _paths(child)
 

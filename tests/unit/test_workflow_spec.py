@@ -173,6 +173,10 @@ def test_conditions_evaluate_with_jmespath_truth_and_refuse_missing_values() -> 
     assert c.evaluate({"region": "cn", "n": 3}, {}) is False
     assert compile_condition("input.n").evaluate({"n": 0}, {}) is True  # JMESPath: 0 is true
     assert compile_condition("input.tags").evaluate({"tags": []}, {}) is False
+    # Projections and filters read their elements relative to the list, not from the root.
+    items = compile_condition("length(input.items[?price > `5`]) > `0` && contains(input.items[*].sku, 'a')")
+    assert items.paths == (("input", "items"), ("input", "items"))
+    assert items.evaluate({"items": [{"price": 9, "sku": "a"}]}, {}) is True
     with pytest.raises(MissingValue, match="input.region"):
         c.evaluate({"n": 5}, {})
     with pytest.raises(MissingValue, match="step 'check' has no result"):
