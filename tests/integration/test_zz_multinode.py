@@ -23,6 +23,7 @@ import collections
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +141,7 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # the cluster's session files
 
 
 @pytest.fixture(scope="module")
