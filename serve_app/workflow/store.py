@@ -95,6 +95,12 @@ def _error_json(error: ErrorInfo | None) -> str | None:
 # The columns every SQL backend reads a run and its steps with, and how a row becomes state.
 RUN_COLUMNS = "run_id, workflow, status, input_json, output_json, error_json, idempotency_key, created_at, started_at, finished_at, trace_id"
 STEP_COLUMNS = "name, task_type, status, attempts, started_at, finished_at, result_json, error_json"
+# Fenced run updates, the same SQL on every backend but for the placeholder ({p}: ? or %s).
+SAVE_RUN_SQL = (
+    "UPDATE runs SET status={p}, output_json={p}, error_json={p}, started_at={p}, finished_at={p}"
+    " WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+)
+RELEASE_SQL = "UPDATE runs SET lease_until=0 WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
 
 
 def step_from_row(r: Sequence[Any]) -> StepState:
@@ -275,12 +281,8 @@ class SqliteRunStore:
     _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
     async def save_run(self, run: RunState, lease: Lease) -> None:
-        sql = (
-            "UPDATE runs SET status=?, output_json=?, error_json=?, started_at=?, finished_at=?"
-            " WHERE run_id=? AND owner=? AND lease_epoch=?"
-        )
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await asyncio.to_thread(self._fenced, run.run_id, lease, sql, params)
+        await asyncio.to_thread(self._fenced, run.run_id, lease, SAVE_RUN_SQL.format(p="?"), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = (
@@ -322,9 +324,7 @@ class SqliteRunStore:
 
     async def release(self, run_id: str, lease: Lease) -> None:
         await self._io(
-            lambda: self._db.execute(
-                "UPDATE runs SET lease_until=0 WHERE run_id=? AND owner=? AND lease_epoch=?", (run_id, lease.owner, lease.epoch)
-            )
+            lambda: self._db.execute(RELEASE_SQL.format(p="?"), (run_id, lease.owner, lease.epoch))
         )
 
     async def request_cancel(self, run_id: str) -> bool:
@@ -384,9 +384,12 @@ class MemoryRunStore:
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return [r.model_copy(deep=True) for r in runs[:limit]]
 
-    def _check(self, run_id: str, lease: Lease) -> None:
+    def _holds(self, run_id: str, owner: str, epoch: int) -> bool:
         meta = self._meta.get(run_id, {})
-        if (meta.get("owner"), meta.get("epoch")) != (lease.owner, lease.epoch):
+        return (meta.get("owner"), meta.get("epoch")) == (owner, epoch)
+
+    def _check(self, run_id: str, lease: Lease) -> None:
+        if not self._holds(run_id, lease.owner, lease.epoch):
             raise LeaseLost(run_id, lease)
 
     async def save_run(self, run: RunState, lease: Lease) -> None:
@@ -415,17 +418,15 @@ class MemoryRunStore:
     async def renew(self, owner: str, epochs: Mapping[str, int], lease_s: float) -> list[str]:
         lost = []
         for run_id, epoch in epochs.items():
-            meta = self._meta.get(run_id, {})
-            if (meta.get("owner"), meta.get("epoch")) == (owner, epoch):
-                meta["lease"] = self._clock() + lease_s
+            if self._holds(run_id, owner, epoch):
+                self._meta[run_id]["lease"] = self._clock() + lease_s
             else:
                 lost.append(run_id)
         return lost
 
     async def release(self, run_id: str, lease: Lease) -> None:
-        meta = self._meta.get(run_id, {})
-        if (meta.get("owner"), meta.get("epoch")) == (lease.owner, lease.epoch):
-            meta["lease"] = 0.0
+        if self._holds(run_id, lease.owner, lease.epoch):
+            self._meta[run_id]["lease"] = 0.0
 
     async def request_cancel(self, run_id: str) -> bool:
         if run_id not in self._meta:

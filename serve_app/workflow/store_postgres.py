@@ -29,7 +29,9 @@ from serve_app.workflow.state import RunState, RunStatus, StepState
 from serve_app.workflow.store import (
     _UNFINISHED,
     INSERT_RUN_COLUMNS,
+    RELEASE_SQL,
     RUN_COLUMNS,
+    SAVE_RUN_SQL,
     STEP_COLUMNS,
     Lease,
     LeaseLost,
@@ -195,11 +197,8 @@ class PostgresRunStore:
     _HELD = "WITH held AS (SELECT 1 FROM runs WHERE run_id = %s AND owner = %s AND lease_epoch = %s FOR SHARE) "
 
     async def save_run(self, run: RunState, lease: Lease) -> None:
-        sql = (
-            "UPDATE runs SET status=%s, output_json=%s, error_json=%s, started_at=%s, finished_at=%s"
-            " WHERE run_id=%s AND owner=%s AND lease_epoch=%s"
-        )
-        await self._fenced(run.run_id, lease, sql, (*run_row_values(run), run.run_id, lease.owner, lease.epoch))
+        params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
+        await self._fenced(run.run_id, lease, SAVE_RUN_SQL.format(p="%s"), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = self._HELD + (
@@ -237,10 +236,7 @@ class PostgresRunStore:
 
     async def release(self, run_id: str, lease: Lease) -> None:
         async def op(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(
-                "UPDATE runs SET lease_until = 0 WHERE run_id = %s AND owner = %s AND lease_epoch = %s",
-                (run_id, lease.owner, lease.epoch),
-            )
+            await conn.execute(RELEASE_SQL.format(p="%s"), (run_id, lease.owner, lease.epoch))
 
         await self._io(op)
 
