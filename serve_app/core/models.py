@@ -89,9 +89,6 @@ class StartRunRequest(BaseModel):
     wait_timeout_s: float = Field(60.0, gt=0, le=600)
 
 
-RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
-
-
 class ListRunsQuery(BaseModel):
     """Query of GET /v1/runs (gRPC ListRuns). Unknown parameters are ignored (cache busters)."""
 

@@ -112,12 +112,6 @@ class PostgresRunStore:
 
         return await self._io(op)
 
-    async def ping(self) -> None:
-        async def op(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute("SELECT 1")
-
-        await self._io(op)
-
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> tuple[RunState, bool]:
             async with conn.transaction():
