@@ -74,6 +74,7 @@ class Coordinator:
             owner=self._identity["replica_id"],
             lease_s=wf.lease_s,
             step_start_timeout_s=wf.step_start_timeout_s,
+            max_inflight_steps=wf.max_inflight_steps,
         )
         self._auth = BearerAuth(auth_token)
         self._backend = Backend(self._dispatcher, self._readiness, self.get_status, RunService(self._engine))

@@ -87,15 +87,21 @@ class StartRunRequest(BaseModel):
     )
     wait: bool = Field(False, description="Wait for the run to finish (up to wait_timeout_s) before answering.")
     wait_timeout_s: float = Field(60.0, gt=0, le=600)
+    priority: int | None = Field(
+        None, ge=1, le=3, description="1-3, 3 first: orders queued runs and waiting steps; default: the workflow's."
+    )
 
 
 class ListRunsQuery(BaseModel):
     """Query of GET /v1/runs (gRPC ListRuns). Unknown parameters are ignored (cache busters)."""
 
-    status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = Field(
+    status: Literal["queued", "pending", "running", "succeeded", "failed", "cancelled"] | None = Field(
         None, description="Only runs in this status."
     )
     workflow: str | None = Field(None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Only this workflow.")
+    parent_run_id: str | None = Field(
+        None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Only the child runs of this run."
+    )
     limit: int = Field(50, ge=1, le=1000, description="At most this many runs, newest first.")
 
 

@@ -86,7 +86,10 @@ def _task_inputs(request: pb.TaskRequest) -> dict[str, Any]:
 
 
 def _start_inputs(request: pb.StartRunRequest) -> dict[str, Any]:
-    fields = {"wait": request.wait, **_given(idempotency_key=request.idempotency_key, wait_timeout_s=request.wait_timeout_s)}
+    fields = {
+        "wait": request.wait,
+        **_given(idempotency_key=request.idempotency_key, wait_timeout_s=request.wait_timeout_s, priority=request.priority),
+    }
     body = GrpcBody(request.ByteSize(), fields, {"input": ("input_json", request.input_json)})
     return {"params": {"name": request.workflow}, "body": body}
 
@@ -96,7 +99,9 @@ def _run_inputs(request: pb.RunRequest) -> dict[str, Any]:
 
 
 def _list_inputs(request: pb.ListRunsRequest) -> dict[str, Any]:
-    return {"query": _given(status=request.status, workflow=request.workflow, limit=request.limit)}
+    return {
+        "query": _given(status=request.status, workflow=request.workflow, limit=request.limit, parent_run_id=request.parent_run_id)
+    }
 
 
 @dataclass(frozen=True)

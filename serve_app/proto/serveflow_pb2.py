@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fserve_app/proto/serveflow.proto\x12\tserveflow\"n\n\x0bTaskRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x12\n\nidempotent\x18\x05 \x01(\x08\"S\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x14\n\x0c\x64\x65tails_json\x18\x04 \x01(\t\"\xa2\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.serveflow.ErrorInfo\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"\x0f\n\rStatusRequest\"2\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"v\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x05 \x01(\x01\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"B\n\x0fListRunsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xd0\x01\n\x08RunReply\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08workflow\x18\x03 \x01(\t\x12\x14\n\x07\x63reated\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08run_json\x18\x05 \x01(\t\x12\x11\n\truns_json\x18\x06 \x01(\t\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.serveflow.ErrorInfo\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x01\x12\x10\n\x08trace_id\x18\t \x01(\tB\n\n\x08_created2\xf2\x02\n\x0bTaskService\x12;\n\nSubmitTask\x12\x16.serveflow.TaskRequest\x1a\x15.serveflow.TaskResult\x12=\n\tGetStatus\x12\x18.serveflow.StatusRequest\x1a\x16.serveflow.StatusReply\x12;\n\x08StartRun\x12\x1a.serveflow.StartRunRequest\x1a\x13.serveflow.RunReply\x12\x34\n\x06GetRun\x12\x15.serveflow.RunRequest\x1a\x13.serveflow.RunReply\x12\x37\n\tCancelRun\x12\x15.serveflow.RunRequest\x1a\x13.serveflow.RunReply\x12;\n\x08ListRuns\x12\x1a.serveflow.ListRunsRequest\x1a\x13.serveflow.RunReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fserve_app/proto/serveflow.proto\x12\tserveflow\"n\n\x0bTaskRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x12\n\nidempotent\x18\x05 \x01(\x08\"S\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x14\n\x0c\x64\x65tails_json\x18\x04 \x01(\t\"\xa2\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.serveflow.ErrorInfo\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"\x0f\n\rStatusRequest\"2\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x88\x01\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x05 \x01(\x01\x12\x10\n\x08priority\x18\x06 \x01(\x05\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"Y\n\x0fListRunsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x15\n\rparent_run_id\x18\x04 \x01(\t\"\xd0\x01\n\x08RunReply\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08workflow\x18\x03 \x01(\t\x12\x14\n\x07\x63reated\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08run_json\x18\x05 \x01(\t\x12\x11\n\truns_json\x18\x06 \x01(\t\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.serveflow.ErrorInfo\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x01\x12\x10\n\x08trace_id\x18\t \x01(\tB\n\n\x08_created2\xf2\x02\n\x0bTaskService\x12;\n\nSubmitTask\x12\x16.serveflow.TaskRequest\x1a\x15.serveflow.TaskResult\x12=\n\tGetStatus\x12\x18.serveflow.StatusRequest\x1a\x16.serveflow.StatusReply\x12;\n\x08StartRun\x12\x1a.serveflow.StartRunRequest\x1a\x13.serveflow.RunReply\x12\x34\n\x06GetRun\x12\x15.serveflow.RunRequest\x1a\x13.serveflow.RunReply\x12\x37\n\tCancelRun\x12\x15.serveflow.RunRequest\x1a\x13.serveflow.RunReply\x12;\n\x08ListRuns\x12\x1a.serveflow.ListRunsRequest\x1a\x13.serveflow.RunReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_end=423
   _globals['_STATUSREPLY']._serialized_start=425
   _globals['_STATUSREPLY']._serialized_end=475
-  _globals['_STARTRUNREQUEST']._serialized_start=477
-  _globals['_STARTRUNREQUEST']._serialized_end=595
-  _globals['_RUNREQUEST']._serialized_start=597
-  _globals['_RUNREQUEST']._serialized_end=625
-  _globals['_LISTRUNSREQUEST']._serialized_start=627
-  _globals['_LISTRUNSREQUEST']._serialized_end=693
-  _globals['_RUNREPLY']._serialized_start=696
-  _globals['_RUNREPLY']._serialized_end=904
-  _globals['_TASKSERVICE']._serialized_start=907
-  _globals['_TASKSERVICE']._serialized_end=1277
+  _globals['_STARTRUNREQUEST']._serialized_start=478
+  _globals['_STARTRUNREQUEST']._serialized_end=614
+  _globals['_RUNREQUEST']._serialized_start=616
+  _globals['_RUNREQUEST']._serialized_end=644
+  _globals['_LISTRUNSREQUEST']._serialized_start=646
+  _globals['_LISTRUNSREQUEST']._serialized_end=735
+  _globals['_RUNREPLY']._serialized_start=738
+  _globals['_RUNREPLY']._serialized_end=946
+  _globals['_TASKSERVICE']._serialized_start=949
+  _globals['_TASKSERVICE']._serialized_end=1319
 # @@protoc_insertion_point(module_scope)

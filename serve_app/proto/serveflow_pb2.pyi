@@ -62,18 +62,20 @@ class StatusReply(_message.Message):
     def __init__(self, status: _Optional[str] = ..., status_json: _Optional[str] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
-    __slots__ = ("workflow", "input_json", "idempotency_key", "wait", "wait_timeout_s")
+    __slots__ = ("workflow", "input_json", "idempotency_key", "wait", "wait_timeout_s", "priority")
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     workflow: str
     input_json: str
     idempotency_key: str
     wait: bool
     wait_timeout_s: float
-    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[float] = ...) -> None: ...
+    priority: int
+    def __init__(self, workflow: _Optional[str] = ..., input_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -82,14 +84,16 @@ class RunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("status", "workflow", "limit")
+    __slots__ = ("status", "workflow", "limit", "parent_run_id")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     status: str
     workflow: str
     limit: int
-    def __init__(self, status: _Optional[str] = ..., workflow: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    parent_run_id: str
+    def __init__(self, status: _Optional[str] = ..., workflow: _Optional[str] = ..., limit: _Optional[int] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("success", "run_id", "workflow", "created", "run_json", "runs_json", "error", "duration_ms", "trace_id")

@@ -130,6 +130,13 @@ class WorkflowsConfig(_Strict):
         le=86400,
         description="How long a step may be refused by its pool (not ready, overloaded) before it fails, retryable.",
     )
+    max_inflight_steps: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Steps (and map elements) one Coordinator has at its pools at once; beyond it they wait, "
+        "highest run priority first.",
+    )
     definitions: list[dict[str, Any]] = Field(default_factory=list, description="Inline workflow definitions.")
     files: list[str] = Field(default_factory=list, description="YAML files with definitions, read at deploy time.")
     modules: list[str] = Field(

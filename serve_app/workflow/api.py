@@ -27,7 +27,9 @@ class RunService:
         """Start (or find, by idempotency key) a run. A failure after the run was stored says so:
         its error names the run, so a caller is never told "failed" about a run that exists."""
         started = time.perf_counter()
-        run, created = await self.engine.start(workflow, req.input, idempotency_key=req.idempotency_key)
+        run, created = await self.engine.start(
+            workflow, req.input, idempotency_key=req.idempotency_key, priority=req.priority
+        )
         try:
             if req.wait:
                 run = await self.engine.wait(run.run_id, req.wait_timeout_s)
@@ -51,7 +53,9 @@ class RunService:
     async def list(self, query: ListRunsQuery) -> RunResult:
         started = time.perf_counter()
         status = RunStatus(query.status) if query.status else None
-        runs = await self.engine.list(status=status, workflow=query.workflow, limit=query.limit)
+        runs = await self.engine.list(
+            status=status, workflow=query.workflow, parent_run_id=query.parent_run_id, limit=query.limit
+        )
         return self._ok(started, runs=[r.public() for r in runs])
 
     def definitions(self) -> list[dict[str, Any]]:

@@ -7,6 +7,15 @@ readiness, deadlines and error mapping are the dispatcher's), retried per its
 policy. A run is owned through a lease, so after a Coordinator restart the new
 replica claims unfinished runs and resumes them: finished steps keep their
 results, steps that were in flight run again (at-least-once).
+
+Scheduling costs what changed (:mod:`~serve_app.workflow.scheduler`). A map
+step runs its elements through at most ``max_parallel`` workers and records
+each finished element (group-committed), so a resumed map runs only the
+elements that had not finished. A child workflow step starts a run whose id
+is derived from the parent step, so a resumed parent finds it instead of
+starting it twice. Runs with a concurrency key wait as ``queued`` until their
+key has a free slot (:meth:`RunStore.admit`); every step sent to a pool takes
+a slot of the engine's :class:`~serve_app.workflow.gate.PriorityGate` first.
 """
 
 from __future__ import annotations
@@ -21,25 +30,42 @@ import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
 from serve_app.core import jsonio
-from serve_app.core.errors import ErrorCode, NotFound, ValidationFailed
+from serve_app.core.errors import ErrorCode, NotFound, ServeflowError, ValidationFailed
 from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.runtime import tracing
+from serve_app.workflow.gate import PriorityGate
 from serve_app.workflow.inputs import InputSchema
-from serve_app.workflow.spec import MissingValue, StepSpec, WorkflowSpec, resolve
-from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
-from serve_app.workflow.store import Lease, LeaseLost, RunStore
+from serve_app.workflow.scheduler import Changes, Scheduler
+from serve_app.workflow.spec import (
+    MissingValue,
+    StepSpec,
+    WorkflowSpec,
+    concurrency_key,
+    map_items,
+    resolve,
+)
+from serve_app.workflow.state import MapProgress, RunState, RunStatus, StepState, StepStatus
+from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
 SubmitTask = Callable[[TaskRequest], Awaitable[TaskResult]]
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
-_BLOCKING = (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
+_CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
+# How often a parent looks at a child run that another Coordinator drives.
+_CHILD_POLL_S = 0.25
 # Errors that mean the task was refused before it ran.
 _NOT_STARTED = (ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value)
 # Between tries of a step whose pool refused it (starting, queue full).
 _NOT_STARTED_BACKOFF = Backoff(initial_s=0.1, max_s=2.0)
+
+
+def child_run_id(parent_run_id: str, step: str, index: int | None = None) -> str:
+    """The id of the child run a parent step starts: derived, so a resumed parent finds it again."""
+    key = f"{parent_run_id}/{step}" + ("" if index is None else f"/{index}")
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def request_hash(workflow: str, run_input: Mapping[str, Any]) -> str:
@@ -61,6 +87,7 @@ class RunEngine:
         lease_s: float = 10.0,
         cancel_poll_s: float = 0.5,
         step_start_timeout_s: float = 300.0,
+        max_inflight_steps: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -77,6 +104,7 @@ class RunEngine:
         self._start_timeout_s = step_start_timeout_s
         self._inputs = {n: InputSchema(n, s.input_schema) for n, s in self._workflows.items() if s.input_schema is not None}
         self._closing = False
+        self.gate = PriorityGate(max_inflight_steps)
 
     @property
     def workflows(self) -> dict[str, WorkflowSpec]:
@@ -89,31 +117,66 @@ class RunEngine:
     # ------------------------------------------------------------------ API
 
     async def start(
-        self, workflow: str, run_input: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        workflow: str,
+        run_input: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+        parent: tuple[str, str] | None = None,
+        run_id: str | None = None,
     ) -> tuple[RunState, bool]:
-        """Persist a new run and start executing it; an idempotency key seen before returns that run."""
+        """Persist a new run and start executing it (or queue it behind its concurrency key); an
+        idempotency key seen before returns that run. ``parent`` is (run id, step) of a child run."""
         spec = self._workflows.get(workflow)
         if spec is None:
             raise NotFound(f"unknown workflow {workflow!r}", details={"known_workflows": sorted(self._workflows)})
         if workflow in self._inputs:
             self._inputs[workflow].check(run_input)  # refused before anything is stored
+        try:
+            key = concurrency_key(spec, run_input)
+        except MissingValue as exc:
+            template = spec.concurrency.key if spec.concurrency else ""
+            loc = ["input", *template.strip("${}").split(".")[1:]]
+            raise ValidationFailed(
+                f"run input: concurrency key {template}: {exc}",
+                details={"errors": [{"loc": loc, "msg": str(exc), "type": "concurrency_key"}]},
+            ) from None
         run = RunState(
-            run_id=uuid.uuid4().hex,
+            run_id=run_id or uuid.uuid4().hex,
             workflow=workflow,
+            status=RunStatus.QUEUED if key is not None else RunStatus.PENDING,
             input=dict(run_input),
             idempotency_key=idempotency_key,
             created_at=self._clock(),
             trace_id=tracing.trace_id_hex(),
-            steps=[StepState(name=s.name, task_type=s.task_type) for s in spec.steps],
+            parent_run_id=parent[0] if parent else None,
+            parent_step=parent[1] if parent else None,
+            concurrency_key=key,
+            priority=priority if priority is not None else spec.priority,
+            steps=[StepState(name=s.name, task_type=s.target) for s in spec.steps],
         )
         # The answer is built before anything is stored: what cannot be rendered is never accepted.
         jsonio.checked(run.public(), lambda why: ValidationFailed(f"run input cannot be stored: {why}"))
         stored, created = await self._store.create_run(
             run, spec.model_dump_json(), request_hash(workflow, run_input), self._owner, self._lease_s
         )
-        if created:
+        if created and key is None:
             self._launch(stored.run_id, spec, epoch=1)
+        elif created:
+            await self._admit(key, spec)
+            stored = await self.get(stored.run_id)  # pending now, or queued with its position
         return stored, created
+
+    async def _admit(self, key: str, spec: WorkflowSpec | None) -> None:
+        """Start the queued runs of ``key`` that now have a slot (they are leased to this engine)."""
+        if self._closing:
+            return
+        max_runs = spec.concurrency.max_runs if spec is not None and spec.concurrency is not None else 1
+        for run_id, epoch in await self._store.admit(key, max_runs, self._owner, self._lease_s):
+            run_spec = WorkflowSpec.model_validate_json(await self._store.get_spec(run_id))
+            logger.info("run %s admitted (concurrency key %s)", run_id, key)
+            self._launch(run_id, run_spec, epoch=epoch)
 
     async def get(self, run_id: str) -> RunState:
         run = await self._store.get_run(run_id)
@@ -136,6 +199,8 @@ class RunEngine:
         run = await self.get(run_id)
         if run.status.terminal:
             return run
+        if run.status is RunStatus.QUEUED and await self._store.cancel_queued(run_id, _CANCELLED, self._clock()):
+            return await self.get(run_id)  # nobody drove it: it ends here
         await self._store.request_cancel(run_id)
         event = self._cancel.get(run_id)
         if event is not None:  # executing here: stop it now
@@ -152,8 +217,15 @@ class RunEngine:
             except asyncio.TimeoutError:
                 pass
 
-    async def list(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
-        return await self._store.list_runs(status=status, workflow=workflow, limit=limit)
+    async def list(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunState]:
+        return await self._store.list_runs(status=status, workflow=workflow, parent_run_id=parent_run_id, limit=limit)
 
     async def resume(self) -> list[str]:
         """Claim unfinished runs whose owner's lease lapsed, and execute them here."""
@@ -165,6 +237,10 @@ class RunEngine:
             logger.info("resuming run %s of %s (lease epoch %d)", run_id, spec.name, epoch)
             self._launch(run_id, spec, epoch=epoch)
             resumed.append(run_id)
+        # Queued runs whose key has a free slot that nobody took (e.g. a Coordinator died between
+        # finishing a run and admitting the next).
+        for key in await self._store.queued_keys():
+            await self._admit(key, self._workflows.get(key.split(":", 1)[0]))
         return resumed
 
     async def renew_leases(self) -> None:
@@ -234,29 +310,30 @@ class RunEngine:
                 logger.warning("run %s: %s; stopped driving it here", run_id, lost)
 
     async def _drive(self, run: RunState, spec: WorkflowSpec) -> None:
-        deps = spec.dependencies()
         states = {s.name: s for s in run.steps}
+        steps = {s.name: s for s in spec.steps}
         results = {s.name: s.result for s in run.steps if s.status is StepStatus.SUCCEEDED}
+        scheduler = Scheduler([s.name for s in spec.steps], spec.dependencies(), {n: st.status for n, st in states.items()})
         running: dict[asyncio.Task[StepState], str] = {}
         cancel_event = self._cancel[run.run_id]
         fatal: StepState | None = None
         cancelled = False
+        changes = scheduler.start()
         try:
             while True:
                 if cancel_event.is_set() or await self._remote_cancel(run.run_id):
                     cancelled = True
                     break
                 if fatal is None:
-                    await self._skip_blocked(run.run_id, spec, deps, states)
-                    for step in spec.steps:
-                        st = states[step.name]
-                        # Ready = every upstream result is recorded here (not merely its status
-                        # flipped by a step task that is still writing it to the store).
-                        ready = all(d in results for d in deps[step.name])
-                        # RUNNING here means in flight when a previous owner stopped: run it again.
-                        if st.status in (StepStatus.PENDING, StepStatus.RUNNING) and ready and step.name not in running.values():
-                            task = asyncio.get_running_loop().create_task(self._run_step(run, spec, step, st, results))
-                            running[task] = step.name
+                    for name in changes.skipped:  # upstream failed (continue) or was skipped
+                        await self._close_step(run.run_id, states[name], StepStatus.SKIPPED)
+                    for name in changes.ready:
+                        # A step recorded as running was in flight when a previous owner stopped: it runs again.
+                        task = asyncio.get_running_loop().create_task(
+                            self._run_step(run, spec, steps[name], states[name], results)
+                        )
+                        running[task] = name
+                    changes = Changes()
                 if not running:
                     break
                 waiter = asyncio.ensure_future(cancel_event.wait())
@@ -276,8 +353,11 @@ class RunEngine:
                     states[name] = st
                     if st.status is StepStatus.SUCCEEDED:
                         results[name] = st.result
-                    elif st.status is StepStatus.FAILED and spec.step(name).on_failure == "fail_run" and fatal is None:
+                    elif st.status is StepStatus.FAILED and steps[name].on_failure == "fail_run" and fatal is None:
                         fatal = st
+                    more = scheduler.finished(name, st.status)
+                    changes.ready += more.ready
+                    changes.skipped += more.skipped
                 if fatal is not None and running:
                     for task in running:
                         task.cancel()
@@ -316,19 +396,6 @@ class RunEngine:
         self._cancel_checked[run_id] = now
         return await self._store.cancel_requested(run_id)
 
-    async def _skip_blocked(
-        self, run_id: str, spec: WorkflowSpec, deps: Mapping[str, set[str]], states: dict[str, StepState]
-    ) -> None:
-        """Mark steps whose upstream failed (with ``continue``) or was skipped; repeat to a fixpoint."""
-        changed = True
-        while changed:
-            changed = False
-            for step in spec.steps:
-                st = states[step.name]
-                if st.status is StepStatus.PENDING and any(states[d].status in _BLOCKING for d in deps[step.name]):
-                    await self._close_step(run_id, st, StepStatus.SKIPPED)
-                    changed = True
-
     async def _finish(
         self,
         run: RunState,
@@ -344,7 +411,7 @@ class RunEngine:
                 await self._close_step(run.run_id, st, leftover)
         if cancelled:
             run.status = RunStatus.CANCELLED
-            run.error = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
+            run.error = _CANCELLED
         elif fatal is not None:
             run.status = RunStatus.FAILED
             err = fatal.error
@@ -366,10 +433,24 @@ class RunEngine:
             except MissingValue as exc:
                 run.status = RunStatus.FAILED
                 run.error = ErrorInfo(code=ErrorCode.VALIDATION_ERROR.value, message=f"output: {exc}", retryable=False)
+        if run.status is not RunStatus.SUCCEEDED and any(s.workflow for s in spec.steps):
+            await self._cancel_children(run.run_id)  # a parent that ends early takes its children with it
         run.finished_at = self._clock()
         lease = self._lease(run.run_id)
         await self._store.save_run(run, lease)
         await self._store.release(run.run_id, lease)
+        if run.concurrency_key is not None:
+            try:
+                await self._admit(run.concurrency_key, self._workflows.get(run.workflow))
+            except Exception:  # the lease loop admits it later
+                logger.warning("run %s: admitting the next run of %s failed", run.run_id, run.concurrency_key, exc_info=True)
+
+    async def _cancel_children(self, run_id: str, step: str | None = None) -> None:
+        for child in await self._store.list_runs(parent_run_id=run_id, limit=100_000):
+            if not child.status.terminal and (step is None or child.parent_step == step):
+                await self.cancel(child.run_id, wait_s=0)
+
+    # ------------------------------------------------------------------ steps
 
     async def _run_step(
         self, run: RunState, spec: WorkflowSpec, step: StepSpec, st: StepState, results: Mapping[str, Any]
@@ -381,36 +462,213 @@ class RunEngine:
                 return st
             st.status, st.error = StepStatus.RUNNING, None
             st.started_at = st.started_at or self._clock()
-            refused_since: float | None = None
-            refusals = 0
-            while True:
-                st.attempts += 1
-                await self._store.save_step(run.run_id, st, lease)  # write-ahead: the attempt is on record
-                res = await self._attempt(run, step, st, results)
-                if res.success:
-                    st.status, st.result = StepStatus.SUCCEEDED, res.result
-                    break
-                assert res.error is not None
-                st.error = res.error
-                if res.error.code in _NOT_STARTED:
-                    # Refused before it ran (pool starting, queue full): no attempt spent, but the
-                    # wait is bounded, so a pool that never becomes ready cannot hang the run.
-                    st.attempts -= 1
-                    refusals += 1
-                    refused_since = refused_since or time.monotonic()
-                    if time.monotonic() - refused_since >= self._start_timeout_s:
-                        st.status, st.error = StepStatus.FAILED, self._start_timed_out(step, res.error, refusals)
-                        break
-                    await asyncio.sleep(_NOT_STARTED_BACKOFF.delay(refusals))
-                    continue
-                refused_since, refusals = None, 0
-                if not step.retry.should_retry(st.attempts, res.error.code, res.error.retryable):
-                    st.status = StepStatus.FAILED
-                    break
-                await asyncio.sleep(step.retry.backoff(st.attempts))
+            if step.map is not None:
+                await self._run_map(run, step, st, results, lease)
+            else:
+                if step.workflow is not None:
+                    st.child_run_id = child_run_id(run.run_id, step.name)
+
+                async def write_ahead(attempt: int) -> None:
+                    st.attempts = attempt
+                    await self._store.save_step(run.run_id, st, lease)  # the attempt is on record
+
+                res, st.attempts = await self._unit(run, step, results, None, st.attempts, write_ahead)
+                st.status = StepStatus.SUCCEEDED if res.success else StepStatus.FAILED
+                st.result, st.error = (res.result, None) if res.success else (None, res.error)
             st.finished_at = self._clock()
             await self._store.save_step(run.run_id, st, lease)
             return st
+
+    async def _run_map(self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any], lease: Lease) -> None:
+        """Run the step once per element, at most ``max_parallel`` at once, recording each finished
+        element; elements finished before a restart are not run again."""
+        assert step.map is not None
+        try:
+            items = map_items(step, run.input, results)
+        except MissingValue as exc:
+            st.status = StepStatus.FAILED
+            st.error = ErrorInfo(
+                code=ErrorCode.VALIDATION_ERROR.value,
+                message=f"step {step.name!r} map: {exc}",
+                retryable=False,
+                details={"step": step.name, "over": step.map.over},
+            )
+            return
+        st.map = MapProgress(total=len(items))
+        st.attempts += 1
+        await self._store.save_step(run.run_id, st, lease)  # write-ahead: the map and its size are on record
+        done = await self._store.load_items(run.run_id, step.name)
+        gathered: list[Any] = [None] * len(items)
+        failures: list[ItemOutcome] = []
+        for outcome in done.values():
+            if outcome.status is StepStatus.SUCCEEDED:
+                gathered[outcome.index] = outcome.result
+            else:
+                failures.append(outcome)
+        stop_on_failure = step.map.on_item_failure == "fail_step"
+        todo = iter([i for i in range(len(items)) if i not in done])
+        remaining = len(items) - len(done)
+        del done
+        writer = _ItemWriter(self._store, run.run_id, step.name, lease)
+
+        async def worker() -> None:
+            for i in todo:  # one shared iterator: each worker takes the next element
+                if stop_on_failure and failures:
+                    return
+                res, attempts = await self._unit(run, step, results, {"item": items[i], "index": i}, 0, None)
+                if res.success:
+                    gathered[i] = res.result
+                    outcome = ItemOutcome(i, StepStatus.SUCCEEDED, attempts, res.result)
+                else:
+                    outcome = ItemOutcome(i, StepStatus.FAILED, attempts, error=res.error)
+                    failures.append(outcome)
+                await writer.record(outcome)
+
+        if not (stop_on_failure and failures):
+            workers = [asyncio.ensure_future(worker()) for _ in range(min(step.map.max_parallel, remaining))]
+            try:
+                pending = set(workers)
+                while pending:
+                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for w in finished:
+                        w.result()  # LeaseLost, store errors: stop here
+                    if stop_on_failure and failures:
+                        break
+            finally:
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            await writer.flush()
+        if stop_on_failure and failures:
+            first = min(failures, key=lambda o: o.index)
+            err = first.error
+            st.status = StepStatus.FAILED
+            st.error = ErrorInfo(
+                code=err.code if err else ErrorCode.INTERNAL.value,
+                message=f"step {step.name!r} element {first.index} failed: {err.message if err else 'unknown error'}",
+                retryable=bool(err and err.retryable),
+                details={"step": step.name, "index": first.index, "item_error": err.model_dump(mode="json") if err else None},
+            )
+            if step.workflow is not None:
+                await self._cancel_children(run.run_id, step.name)
+            return
+        st.status, st.result = StepStatus.SUCCEEDED, gathered
+
+    async def _unit(
+        self,
+        run: RunState,
+        step: StepSpec,
+        results: Mapping[str, Any],
+        scope: Mapping[str, Any] | None,
+        attempts: int,
+        write_ahead: Callable[[int], Awaitable[None]] | None,
+    ) -> tuple[TaskResult, int]:
+        """One task (or child run) of a step, with the step's retry policy; returns the last answer
+        and the attempts made. A pool that refuses it (not ready, overloaded) spends no attempt,
+        but the wait is bounded, so a pool that never becomes ready cannot hang the run."""
+        refused_since: float | None = None
+        refusals = 0
+        while True:
+            attempts += 1
+            if write_ahead is not None:
+                await write_ahead(attempts)
+            res = await self._once(run, step, results, scope, attempts)
+            if res.success:
+                return res, attempts
+            assert res.error is not None
+            if res.error.code in _NOT_STARTED:
+                attempts -= 1
+                refusals += 1
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since >= self._start_timeout_s:
+                    return res.model_copy(update={"error": self._start_timed_out(step, res.error, refusals)}), attempts
+                await asyncio.sleep(_NOT_STARTED_BACKOFF.delay(refusals))
+                continue
+            refused_since, refusals = None, 0
+            if not step.retry.should_retry(attempts, res.error.code, res.error.retryable):
+                return res, attempts
+            await asyncio.sleep(step.retry.backoff(attempts))
+
+    async def _once(
+        self, run: RunState, step: StepSpec, results: Mapping[str, Any], scope: Mapping[str, Any] | None, attempt: int
+    ) -> TaskResult:
+        index = scope["index"] if scope is not None else None
+        where = f"step {step.name!r}" + (f" element {index}" if index is not None else "")
+        try:
+            payload = resolve(step.input, run.input, results, scope)
+        except MissingValue as exc:
+            return TaskResult.failure(ValidationFailed(f"{where} input: {exc}", details={"step": step.name, "index": index}))
+        if step.workflow is not None:
+            return await self._child(run, step, payload, index, where)
+        element = "" if index is None else f".i{index}"
+        async with self.gate.slot(run.priority):
+            return await self._submit(
+                TaskRequest(
+                    task_type=step.task_type,
+                    payload=payload,
+                    task_id=f"{run.run_id}.{step.name}{element}.{attempt}",
+                    timeout_s=step.timeout_s,
+                )
+            )
+
+    async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:
+        """Start the step's child run (or find it, after a restart) and wait for its end."""
+        assert step.workflow is not None
+        run_id = child_run_id(run.run_id, step.name, index)
+        try:
+            child, _ = await self.start(
+                step.workflow,
+                payload,
+                idempotency_key=f"child.{run_id}",
+                priority=run.priority,
+                parent=(run.run_id, step.name),
+                run_id=run_id,
+            )
+            child = await self._await_run(child.run_id, step.timeout_s)
+        except ServeflowError as exc:
+            return TaskResult.failure(exc.with_details(step=step.name, child_run_id=run_id))
+        if child is None:  # the step's deadline passed first: the child goes too
+            await self.cancel(run_id, wait_s=0)
+            return TaskResult(
+                success=False,
+                error=ErrorInfo(
+                    code=ErrorCode.TIMEOUT.value,
+                    message=f"{where}: child run {run_id} did not finish within {step.timeout_s:g}s",
+                    retryable=True,
+                    details={"step": step.name, "child_run_id": run_id},
+                ),
+            )
+        if child.status is RunStatus.SUCCEEDED:
+            return TaskResult(success=True, result=child.output)
+        err = child.error
+        return TaskResult(
+            success=False,
+            error=ErrorInfo(
+                code=err.code if err else ErrorCode.INTERNAL.value,
+                message=f"{where}: child run {run_id} of {child.workflow!r} {child.status.value}: "
+                f"{err.message if err else 'no error recorded'}",
+                retryable=bool(err and err.retryable),
+                details={"step": step.name, "child_run_id": run_id, "child_error": err.model_dump(mode="json") if err else None},
+            ),
+        )
+
+    async def _await_run(self, run_id: str, timeout_s: float | None) -> RunState | None:
+        """The run once it has ended, or None after ``timeout_s``. A run driven here is awaited
+        directly; one driven by another Coordinator is read from the store every so often."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            run = await self.get(run_id)
+            if run.status.terminal:
+                return run
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            task = self._active.get(run_id)
+            wait = _CHILD_POLL_S if left is None else min(_CHILD_POLL_S, left)
+            if task is not None:
+                await asyncio.wait({task}, timeout=None if left is None else left)
+            else:
+                await asyncio.sleep(wait)
 
     async def _condition_holds(
         self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any], lease: Lease
@@ -437,20 +695,6 @@ class RunEngine:
         await self._store.save_step(run.run_id, st, lease)
         return False
 
-    async def _attempt(self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any]) -> TaskResult:
-        try:
-            payload = resolve(step.input, run.input, results)
-        except MissingValue as exc:
-            return TaskResult.failure(ValidationFailed(f"step {step.name!r} input: {exc}"))
-        return await self._submit(
-            TaskRequest(
-                task_type=step.task_type,
-                payload=payload,
-                task_id=f"{run.run_id}.{step.name}.{st.attempts}",
-                timeout_s=step.timeout_s,
-            )
-        )
-
     def _start_timed_out(self, step: StepSpec, last: ErrorInfo, refusals: int) -> ErrorInfo:
         return ErrorInfo(
             code=last.code,
@@ -458,3 +702,34 @@ class RunEngine:
             retryable=True,
             details={"step": step.name, "refusals": refusals, "start_timeout_s": self._start_timeout_s, "last_error": last.code},
         )
+
+
+class _ItemWriter:
+    """Records finished map elements with group commit: the first element to finish writes; those
+    finishing meanwhile are written by it in the next batch, so a store round trip is shared by
+    every element that finished during the previous one."""
+
+    def __init__(self, store: RunStore, run_id: str, step: str, lease: Lease) -> None:
+        self._store, self._run_id, self._step, self._lease = store, run_id, step, lease
+        self._batch: list[ItemOutcome] = []
+        self._writing = False
+
+    async def record(self, outcome: ItemOutcome) -> None:
+        self._batch.append(outcome)
+        if not self._writing:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    await self._store.save_items(self._run_id, self._step, batch, self._lease)
+                except BaseException:
+                    self._batch = batch + self._batch  # unwritten: the next flush (or a resume) takes them
+                    raise
+        finally:
+            self._writing = False

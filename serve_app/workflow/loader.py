@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.runtime.config import WorkflowsConfig
-from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate
+from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate, validate_children
 
 
 def _from_dict(doc: Any, origin: str) -> WorkflowSpec:
@@ -59,4 +59,5 @@ def load_workflows(config: WorkflowsConfig, known_task_types: Iterable[str]) -> 
             raise WorkflowError(spec.name, ["defined more than once"])
         validate(spec, known)
         out[spec.name] = spec
+    validate_children(out)
     return out

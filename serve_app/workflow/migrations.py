@@ -65,6 +65,31 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "fenced leases: a claim bumps lease_epoch; every write names owner and epoch",
         ("ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0",),
     ),
+    (
+        3,
+        "dynamic workflows: map elements, child runs, concurrency keys and priority",
+        (
+            "ALTER TABLE steps ADD COLUMN detail_json TEXT",
+            """CREATE TABLE IF NOT EXISTS map_items (
+                run_id TEXT NOT NULL REFERENCES runs(run_id),
+                step TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                result_json TEXT,
+                error_json TEXT,
+                finished_at REAL,
+                PRIMARY KEY (run_id, step, idx)
+            )""",
+            "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+            "ALTER TABLE runs ADD COLUMN parent_step TEXT",
+            "ALTER TABLE runs ADD COLUMN concurrency_key TEXT",
+            "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id) WHERE parent_run_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS runs_concurrency ON runs(concurrency_key, status, priority, created_at)"
+            " WHERE concurrency_key IS NOT NULL",
+        ),
+    ),
 )
 
 
@@ -114,6 +139,31 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE runs ADD COLUMN IF NOT EXISTS lease_epoch INTEGER NOT NULL DEFAULT 0",
             # What claims scan: unfinished runs by lease expiry (small, however many runs finished).
             "CREATE INDEX IF NOT EXISTS runs_claimable ON runs(lease_until, created_at) WHERE status IN ('pending', 'running')",
+        ),
+    ),
+    (
+        3,
+        "dynamic workflows: map elements, child runs, concurrency keys and priority",
+        (
+            "ALTER TABLE steps ADD COLUMN IF NOT EXISTS detail_json TEXT",
+            """CREATE TABLE IF NOT EXISTS map_items (
+                run_id TEXT NOT NULL REFERENCES runs(run_id),
+                step TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                result_json TEXT,
+                error_json TEXT,
+                finished_at DOUBLE PRECISION,
+                PRIMARY KEY (run_id, step, idx)
+            )""",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent_run_id TEXT",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS parent_step TEXT",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS concurrency_key TEXT",
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id) WHERE parent_run_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS runs_concurrency ON runs(concurrency_key, status, priority, created_at)"
+            " WHERE concurrency_key IS NOT NULL",
         ),
     ),
 )

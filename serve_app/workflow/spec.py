@@ -7,12 +7,19 @@ object whose values may be references resolved at run time:
 - ``"${steps.<name>.result.path}"`` — from an upstream step's result (which
   also makes ``<name>`` a dependency).
 
+- ``"${item.path}"`` / ``"${index}"`` — in a map step, the element being run
+  and its position in the list.
+
 A reference must be the whole string value; it keeps the referenced value's
-JSON type. Everything here is pure and validated before anything runs.
+JSON type. A step runs a task type, or a child workflow (``workflow:``); with
+``map:`` it runs once per element of a list known at run time. A workflow may
+declare ``concurrency`` (runs per key at once) and a default ``priority``.
+Everything here is pure and validated before anything runs.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -25,6 +32,11 @@ from serve_app.workflow.conditions import Condition, ConditionError, compile_con
 
 _REF = re.compile(r"^\$\{([^{}]+)\}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+# A map over more elements than this fails its step (a structured error naming it).
+MAX_MAP_ITEMS = 100_000
+PRIORITIES = (1, 2, 3)  # 3 runs first; Hatchet's convention
+ITEM_ROOTS = ("item", "index")
 
 DEFAULT_RETRY_ON = (ErrorCode.TIMEOUT.value, ErrorCode.UNAVAILABLE.value, ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value)
 
@@ -71,9 +83,45 @@ class StepRetry(_Strict):
         return attempt < self.max_attempts and (code in self.retry_on or (self.retry_retryable and retryable))
 
 
+class MapSpec(_Strict):
+    """Run the step once per element of a list known only at run time."""
+
+    over: str = Field(
+        min_length=4,
+        max_length=512,
+        description="The list: ${input.x} or ${steps.<name>.result.x}. Elements are ${item} (${item.x}), "
+        "positions ${index}, in the step's input.",
+    )
+    max_parallel: int = Field(16, ge=1, le=1024, description="Elements in flight at once.")
+    on_item_failure: Literal["fail_step", "continue"] = Field(
+        "fail_step",
+        description="fail_step: the first element that fails (after its retries) fails the step and stops the rest; "
+        "continue: every element runs, failed ones are null in the result and listed in the step's map progress.",
+    )
+
+
+class ConcurrencySpec(_Strict):
+    """At most ``max_runs`` runs of this workflow with the same key run at once; the rest queue."""
+
+    key: str = Field(
+        "",
+        max_length=512,
+        description="${input.x} (its value is the key) or a literal; empty: one key for the whole workflow.",
+    )
+    max_runs: int = Field(1, ge=1, le=100_000)
+
+
 class StepSpec(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
-    task_type: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    task_type: str | None = Field(None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    workflow: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=NAME_PATTERN,
+        description="Run this workflow as a child run (its input is the step's input; its output is the step's result).",
+    )
+    map: MapSpec | None = Field(None, description="Run the task (or child workflow) once per element of a list.")
     input: dict[str, Any] = Field(default_factory=dict, description="Handler payload; values may be ${...} references.")
     depends_on: list[str] = Field(default_factory=list)
     timeout_s: float | None = Field(None, gt=0, le=3600, description="Deadline per attempt.")
@@ -88,6 +136,19 @@ class StepSpec(_Strict):
         description="JMESPath condition over input.* and steps.<name>.result.*; false skips the step "
         "(and so its dependants).",
     )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StepSpec:
+        if (self.task_type is None) == (self.workflow is None):
+            raise ValueError("a step runs exactly one of task_type or workflow")
+        if self.workflow is not None and self.retry.max_attempts > 1:
+            raise ValueError("a child workflow step is not retried as a whole; give the child's steps a retry policy")
+        return self
+
+    @property
+    def target(self) -> str:
+        """What the step runs, as stored and shown: the task type, or ``workflow:<name>``."""
+        return self.task_type if self.task_type is not None else f"workflow:{self.workflow}"
 
     def condition(self) -> Condition | None:
         return compile_condition(self.when) if self.when else None
@@ -105,6 +166,10 @@ class WorkflowSpec(_Strict):
     output: dict[str, Any] | None = Field(
         None, description="Run output mapping (references allowed); default: the results of the final steps."
     )
+    concurrency: ConcurrencySpec | None = Field(
+        None, description="Limit runs at once per key; others wait as queued, first in first out within a priority."
+    )
+    priority: int = Field(1, ge=1, le=3, description="Default run priority (3 first) for queued runs and waiting steps.")
 
     def step(self, name: str) -> StepSpec:
         for s in self.steps:
@@ -116,7 +181,7 @@ class WorkflowSpec(_Strict):
         """step -> every step it waits for (explicit depends_on, references, and what its condition reads)."""
         return {
             s.name: set(s.depends_on)
-            | {ref[1] for ref in step_refs(s.input) if ref[0] == "steps"}
+            | {ref[1] for ref in step_refs([s.input, s.map.over if s.map else None]) if ref[0] == "steps" and len(ref) > 1}
             | (_condition_steps(s))
             for s in self.steps
         }
@@ -176,30 +241,65 @@ def lookup(root: Any, path: list[str], what: str) -> Any:
     return cur
 
 
-def resolve(template: Any, run_input: Mapping[str, Any], results: Mapping[str, Any]) -> Any:
-    """Substitute references in ``template`` with values from the input and step results."""
+def resolve(
+    template: Any, run_input: Mapping[str, Any], results: Mapping[str, Any], scope: Mapping[str, Any] | None = None
+) -> Any:
+    """Substitute references in ``template`` with values from the input and step results
+    (and, in a map step, ``scope``: the element as ``item`` and its position as ``index``)."""
     ref = parse_ref(template)
     if ref is not None:
         if ref[0] == "input":
             return lookup(run_input, ref[1:], "run input")
+        if scope is not None and ref[0] in scope:
+            return lookup(scope[ref[0]], ref[1:], ref[0])
         name = ref[1]
         if name not in results:
             raise MissingValue(f"step {name!r} has no result")
         return lookup(results[name], ref[3:], f"result of step {name!r}")
     if isinstance(template, Mapping):
-        return {k: resolve(v, run_input, results) for k, v in template.items()}
+        return {k: resolve(v, run_input, results, scope) for k, v in template.items()}
     if isinstance(template, list):
-        return [resolve(v, run_input, results) for v in template]
+        return [resolve(v, run_input, results, scope) for v in template]
     return template
+
+
+def map_items(step: StepSpec, run_input: Mapping[str, Any], results: Mapping[str, Any]) -> list[Any]:
+    """The list a map step runs over; :class:`MissingValue` (naming the step) when it is absent or
+    not a list, or longer than :data:`MAX_MAP_ITEMS`."""
+    assert step.map is not None
+    value = resolve(step.map.over, run_input, results)
+    if not isinstance(value, list):
+        raise MissingValue(f"map.over {step.map.over} is a {type(value).__name__}, not a list")
+    if len(value) > MAX_MAP_ITEMS:
+        raise MissingValue(f"map.over {step.map.over} has {len(value)} elements; at most {MAX_MAP_ITEMS} are allowed")
+    return value
+
+
+def concurrency_key(spec: WorkflowSpec, run_input: Mapping[str, Any]) -> str | None:
+    """The run's concurrency key (``<workflow>:<value>``), or None when the workflow has no limit.
+    :class:`MissingValue` when the key reads an input value that is absent or not a scalar."""
+    if spec.concurrency is None:
+        return None
+    value = resolve(spec.concurrency.key, run_input, {})
+    if isinstance(value, (dict, list)) or value is None:
+        raise MissingValue(f"concurrency key {spec.concurrency.key} must be a string, number or boolean, not {value!r}")
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"{spec.name}:{text}"
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _check_ref(where: str, ref: list[str], names: set[str]) -> str | None:
+def _check_ref(where: str, ref: list[str], names: set[str], *, in_map: bool = False) -> str | None:
     if any(not _SEGMENT.match(seg) for seg in ref):
         return f"{where}: malformed reference '${{{'.'.join(ref)}}}'"
     if ref[0] == "input":
+        return None
+    if ref[0] in ITEM_ROOTS:
+        if not in_map:
+            return f"{where}: '${{{'.'.join(ref)}}}' is only defined in a map step"
+        if ref[0] == "index" and len(ref) > 1:
+            return f"{where}: '${{index}}' is a number and has no fields"
         return None
     if ref[0] != "steps" or len(ref) < 3 or ref[2] != "result":
         return f"{where}: reference '${{{'.'.join(ref)}}}' must look like ${{input.x}} or ${{steps.<name>.result[.x]}}"
@@ -250,6 +350,51 @@ def _condition_problems(where: str, step: StepSpec, names: set[str]) -> list[str
     return problems
 
 
+def _map_problems(where: str, step: StepSpec, names: set[str]) -> list[str]:
+    if step.map is None:
+        return []
+    ref = parse_ref(step.map.over)
+    if ref is None:
+        return [f"{where}: map.over must be one reference (${{input.x}} or ${{steps.<name>.result.x}}), not {step.map.over!r}"]
+    if ref[0] in ITEM_ROOTS:
+        return [f"{where}: map.over cannot read {ref[0]}"]
+    if ref[0] == "steps" and len(ref) > 1 and ref[1] == step.name:
+        return [f"{where}: map.over reads its own result"]
+    problem = _check_ref(f"{where} map.over", ref, names)
+    return [problem] if problem else []
+
+
+def _concurrency_problems(spec: WorkflowSpec) -> list[str]:
+    if spec.concurrency is None or not spec.concurrency.key:
+        return []
+    ref = parse_ref(spec.concurrency.key)
+    if ref is None:
+        return [] if "${" not in spec.concurrency.key else [f"concurrency.key: malformed reference {spec.concurrency.key!r}"]
+    if ref[0] != "input" or len(ref) < 2:
+        return [f"concurrency.key: must read the run input (${{input.x}}), not {spec.concurrency.key!r}"]
+    problem = _check_ref("concurrency.key", ref, set())
+    return [problem] if problem else []
+
+
+def validate_children(specs: Mapping[str, WorkflowSpec]) -> None:
+    """Child workflow steps name a loaded workflow and never recurse (directly or through others).
+    Raises :class:`WorkflowError` naming the workflow and step."""
+    calls = {name: {s.workflow for s in spec.steps if s.workflow is not None} for name, spec in specs.items()}
+    for name, spec in specs.items():
+        problems = [
+            f"step {s.name!r}: child workflow {s.workflow!r} is not defined (known: {sorted(specs)})"
+            for s in spec.steps
+            if s.workflow is not None and s.workflow not in specs
+        ]
+        if problems:
+            raise WorkflowError(name, problems)
+    cycle = find_cycle(calls)
+    if cycle:
+        first = specs[cycle[0]]
+        step = next(s.name for s in first.steps if s.workflow == cycle[1])
+        raise WorkflowError(cycle[0], [f"step {step!r}: child workflows recurse: {' -> '.join(cycle)}"])
+
+
 def input_schema_problem(schema: Mapping[str, Any]) -> str | None:
     """Why ``schema`` is not a usable JSON Schema for a run input, or None."""
     from jsonschema import Draft202012Validator
@@ -278,7 +423,7 @@ def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) 
     known = set(known_task_types) if known_task_types is not None else None
     for s in spec.steps:
         where = f"step {s.name!r}"
-        if known is not None and s.task_type not in known:
+        if known is not None and s.task_type is not None and s.task_type not in known:
             problems.append(f"{where}: unknown task type {s.task_type!r}")
         for dep in s.depends_on:
             if dep not in seen:
@@ -286,10 +431,12 @@ def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) 
             if dep == s.name:
                 problems.append(f"{where}: depends on itself")
         for ref in step_refs(s.input):
-            problem = _check_ref(where, ref, seen)
+            problem = _check_ref(where, ref, seen, in_map=s.map is not None)
             if problem:
                 problems.append(problem)
+        problems.extend(_map_problems(where, s, seen))
         problems.extend(_condition_problems(where, s, set(names)))
+    problems.extend(_concurrency_problems(spec))
     for ref in step_refs(spec.output or {}):
         problem = _check_ref("output", ref, seen)
         if problem:
@@ -328,9 +475,19 @@ class Workflow:
         spec = wf.build(known_task_types)
     """
 
-    def __init__(self, name: str, description: str = "", *, input_model: type[BaseModel] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        input_model: type[BaseModel] | None = None,
+        concurrency: ConcurrencySpec | Mapping[str, Any] | None = None,
+        priority: int = 1,
+    ) -> None:
         self.name = name
         self.description = description
+        self._concurrency = concurrency
+        self._priority = priority
         # A pydantic model declares the run input; it is kept as its JSON Schema (one check for both).
         self._input_schema = input_model.model_json_schema() if input_model is not None else None
         self._steps: list[dict[str, Any]] = []
@@ -340,22 +497,38 @@ class Workflow:
     def input(path: str) -> str:
         return "${input." + path + "}"
 
+    @staticmethod
+    def item(path: str = "") -> str:
+        """In a map step: the element being run (or a field of it)."""
+        return "${item" + (f".{path}" if path else "") + "}"
+
+    @staticmethod
+    def index() -> str:
+        """In a map step: the element's position in the list."""
+        return "${index}"
+
     def step(
         self,
         name: str,
-        task_type: str,
+        task_type: str | None = None,
         input: Mapping[str, Any] | None = None,
         *,
+        workflow: str | None = None,
+        map: MapSpec | Mapping[str, Any] | None = None,
         depends_on: Iterable[StepRef | str] = (),
         timeout_s: float | None = None,
         retry: StepRetry | Mapping[str, Any] | None = None,
         on_failure: Literal["fail_run", "continue"] = "fail_run",
         when: str | None = None,
     ) -> StepRef:
+        """A step running ``task_type``, or the child workflow ``workflow``; with ``map`` (e.g.
+        ``{"over": wf.input("rows"), "max_parallel": 8}``) once per element of a list."""
         self._steps.append(
             {
                 "name": name,
                 "task_type": task_type,
+                "workflow": workflow,
+                "map": map,
                 "input": dict(input or {}),
                 "depends_on": [d.name if isinstance(d, StepRef) else d for d in depends_on],
                 "timeout_s": timeout_s,
@@ -377,6 +550,8 @@ class Workflow:
                 "input_schema": self._input_schema,
                 "steps": self._steps,
                 "output": self._output,
+                "concurrency": self._concurrency,
+                "priority": self._priority,
             }
         )
         validate(spec, known_task_types)

@@ -11,6 +11,7 @@ from serve_app.core.models import ErrorInfo
 
 
 class RunStatus(str, Enum):
+    QUEUED = "queued"  # waiting for its concurrency key's slot; nobody drives it yet
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -35,15 +36,35 @@ class StepStatus(str, Enum):
         return self not in (StepStatus.PENDING, StepStatus.RUNNING)
 
 
+FAILED_ITEMS_SHOWN = 20
+
+
+class MapProgress(BaseModel):
+    """How far a map step has got; each element is durable on its own."""
+
+    total: int
+    succeeded: int = 0
+    failed: int = 0
+    failed_items: list[dict[str, Any]] = Field(
+        default_factory=list, description=f"The first {FAILED_ITEMS_SHOWN} failed elements: index and error."
+    )
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+
 class StepState(BaseModel):
     name: str
-    task_type: str
+    task_type: str  # what the step runs: a task type, or workflow:<name> for a child workflow
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None
     error: ErrorInfo | None = None
+    map: MapProgress | None = None
+    child_run_id: str | None = None
 
     @property
     def duration_ms(self) -> float | None:
@@ -64,6 +85,11 @@ class RunState(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     trace_id: str | None = None
+    parent_run_id: str | None = None
+    parent_step: str | None = None
+    concurrency_key: str | None = None
+    priority: int = 1
+    queue_position: int | None = Field(None, description="While queued: 1 = next to run for its concurrency key.")
     steps: list[StepState] = Field(default_factory=list)
 
     def step(self, name: str) -> StepState:
@@ -77,4 +103,6 @@ class RunState(BaseModel):
         doc = self.model_dump(mode="json")
         for step, out in zip(self.steps, doc["steps"], strict=True):
             out["duration_ms"] = step.duration_ms
+            if step.map is not None:
+                out["map"]["done"] = step.map.done
         return doc

@@ -20,7 +20,7 @@ from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
-from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
+from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
 T = TypeVar("T")
 
@@ -55,7 +55,14 @@ class RunStore(Protocol):
 
     async def get_run(self, run_id: str) -> RunState | None: ...
     async def get_spec(self, run_id: str) -> str: ...
-    async def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]: ...
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunState]: ...
     async def save_run(self, run: RunState, lease: Lease) -> None:
         """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not ``lease``'s."""
 
@@ -74,7 +81,36 @@ class RunStore(Protocol):
 
     async def request_cancel(self, run_id: str) -> bool: ...
     async def cancel_requested(self, run_id: str) -> bool: ...
+
+    async def save_items(self, run_id: str, step: str, items: Sequence[ItemOutcome], lease: Lease) -> None:
+        """Record finished map elements (one batch, one transaction); :class:`LeaseLost` if not ``lease``'s."""
+
+    async def load_items(self, run_id: str, step: str) -> dict[int, ItemOutcome]:
+        """The finished elements of a map step, by index."""
+
+    async def admit(self, key: str, max_runs: int, owner: str, lease_s: float) -> list[tuple[str, int]]:
+        """Promote queued runs of concurrency ``key`` while fewer than ``max_runs`` are pending or
+        running (highest priority first, then oldest), leasing each to ``owner`` at a new epoch.
+        Serialized per key across replicas. Returns ``(run_id, epoch)`` pairs."""
+
+    async def queued_keys(self) -> list[str]:
+        """Concurrency keys that have queued runs."""
+
+    async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
+        """End a run that is still queued as cancelled (nobody drives it); False if it is not queued."""
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One finished element of a map step."""
+
+    index: int
+    status: StepStatus  # SUCCEEDED or FAILED
+    attempts: int
+    result: Any = None
+    error: ErrorInfo | None = None
 
 
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -93,17 +129,101 @@ def _error_json(error: ErrorInfo | None) -> str | None:
 
 
 # The columns every SQL backend reads a run and its steps with, and how a row becomes state.
-RUN_COLUMNS = "run_id, workflow, status, input_json, output_json, error_json, idempotency_key, created_at, started_at, finished_at, trace_id"
-STEP_COLUMNS = "name, task_type, status, attempts, started_at, finished_at, result_json, error_json"
+RUN_COLUMNS = (
+    "run_id, workflow, status, input_json, output_json, error_json, idempotency_key, created_at, started_at, finished_at,"
+    " trace_id, parent_run_id, parent_step, concurrency_key, priority"
+)
+STEP_COLUMNS = "name, task_type, status, attempts, started_at, finished_at, result_json, error_json, detail_json"
 # Fenced run updates, the same SQL on every backend but for the placeholder ({p}: ? or %s).
 SAVE_RUN_SQL = (
     "UPDATE runs SET status={p}, output_json={p}, error_json={p}, started_at={p}, finished_at={p}"
     " WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
 )
 RELEASE_SQL = "UPDATE runs SET lease_until=0 WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+STEP_UPDATE_SET = "status={p}, attempts={p}, started_at={p}, finished_at={p}, result_json={p}, error_json={p}, detail_json={p}"
+SAVE_ITEM_SQL = (
+    "INSERT INTO map_items (run_id, step, idx, status, attempts, result_json, error_json, finished_at)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (run_id, step, idx) DO UPDATE SET"
+    " status=excluded.status, attempts=excluded.attempts, result_json=excluded.result_json,"
+    " error_json=excluded.error_json, finished_at=excluded.finished_at"
+)
+LOAD_ITEMS_SQL = "SELECT idx, status, attempts, result_json, error_json FROM map_items WHERE run_id={p} AND step={p}"
+# Concurrency keys: what holds a slot, what is next, and a queued run's place in line.
+ACTIVE_FOR_KEY_SQL = "SELECT COUNT(*) FROM runs WHERE concurrency_key={p} AND status IN ('pending', 'running')"
+NEXT_QUEUED_SQL = (
+    "SELECT run_id, lease_epoch FROM runs WHERE concurrency_key={p} AND status='queued'"
+    " ORDER BY priority DESC, created_at, run_id LIMIT {p}"
+)
+PROMOTE_SQL = "UPDATE runs SET status='pending', owner={p}, lease_until={p}, lease_epoch={p} WHERE run_id={p} AND status='queued'"
+QUEUED_KEYS_SQL = "SELECT DISTINCT concurrency_key FROM runs WHERE status='queued' AND concurrency_key IS NOT NULL"
+QUEUE_AHEAD_SQL = (
+    "SELECT COUNT(*) FROM runs WHERE concurrency_key={p} AND status='queued' AND (priority > {p} OR (priority = {p}"
+    " AND (created_at < {p} OR (created_at = {p} AND run_id < {p}))))"
+)
+CANCEL_QUEUED_SQL = "UPDATE runs SET status='cancelled', error_json={p}, finished_at={p} WHERE run_id={p} AND status='queued'"
+
+
+def progress_sql(ids_clause: str) -> tuple[str, str]:
+    """Map progress of the runs ``ids_clause`` selects (``IN (?,?)`` / ``= ANY(%s)``): element
+    counts by step and status, and the first failed elements of each step."""
+    counts = f"SELECT run_id, step, status, COUNT(*) FROM map_items WHERE run_id {ids_clause} GROUP BY run_id, step, status"
+    failed = (
+        "SELECT run_id, step, idx, error_json FROM (SELECT run_id, step, idx, error_json, ROW_NUMBER() OVER"
+        f" (PARTITION BY run_id, step ORDER BY idx) AS rn FROM map_items WHERE run_id {ids_clause} AND status='failed')"
+        f" AS f WHERE rn <= {FAILED_ITEMS_SHOWN} ORDER BY run_id, step, idx"
+    )
+    return counts, failed
+
+
+def item_row(run_id: str, step: str, item: ItemOutcome, at: float) -> tuple[Any, ...]:
+    return (run_id, step, item.index, item.status.value, item.attempts, _dump(item.result), _error_json(item.error), at)
+
+
+def item_from_row(r: Sequence[Any]) -> ItemOutcome:
+    return ItemOutcome(index=r[0], status=StepStatus(r[1]), attempts=r[2], result=jsonio.load_stored(r[3]), error=_error(r[4]))
+
+
+def attach_progress(runs: Iterable[RunState], counts: Iterable[Sequence[Any]], failed: Iterable[Sequence[Any]]) -> None:
+    """Fill each map step's progress from the rows of :func:`progress_sql`."""
+    steps = {(run.run_id, st.name): st for run in runs for st in run.steps if st.map is not None}
+    for run_id, step, status, n in counts:
+        st = steps.get((run_id, step))
+        if st is not None and st.map is not None:
+            if status == StepStatus.SUCCEEDED.value:
+                st.map.succeeded = n
+            else:
+                st.map.failed = n
+    for run_id, step, idx, error_json in failed:
+        st = steps.get((run_id, step))
+        if st is not None and st.map is not None:
+            err = _error(error_json)
+            st.map.failed_items.append({"index": idx, "error": err.model_dump(mode="json") if err else None})
+
+
+def queue_ahead_params(run: RunState) -> tuple[Any, ...]:
+    """Parameters of :data:`QUEUE_AHEAD_SQL` for a queued run."""
+    return (run.concurrency_key, run.priority, run.priority, run.created_at, run.created_at, run.run_id)
+
+
+def has_maps(runs: Iterable[RunState]) -> bool:
+    return any(st.map is not None for run in runs for st in run.steps)
+
+
+def step_detail(step: StepState) -> str | None:
+    """What a step keeps beside its result: a map's size and a child run's id."""
+    detail: dict[str, Any] = {}
+    if step.map is not None:
+        detail["map_total"] = step.map.total
+    if step.child_run_id is not None:
+        detail["child_run_id"] = step.child_run_id
+    return jsonio.dumps(detail) if detail else None
 
 
 def step_from_row(r: Sequence[Any]) -> StepState:
+    detail = jsonio.load_stored(r[8]) if r[8] else {}
+    detail = detail if isinstance(detail, dict) else {}
+    total = detail.get("map_total")
+    child = detail.get("child_run_id")
     return StepState(
         name=r[0],
         task_type=r[1],
@@ -113,6 +233,8 @@ def step_from_row(r: Sequence[Any]) -> StepState:
         finished_at=r[5],
         result=jsonio.load_stored(r[6]),
         error=_error(r[7]),
+        map=MapProgress(total=total) if isinstance(total, int) else None,
+        child_run_id=child if isinstance(child, str) else None,
     )
 
 
@@ -129,6 +251,10 @@ def run_from_row(row: Sequence[Any], steps: Iterable[Sequence[Any]]) -> RunState
         started_at=row[8],
         finished_at=row[9],
         trace_id=row[10],
+        parent_run_id=row[11],
+        parent_step=row[12],
+        concurrency_key=row[13],
+        priority=row[14],
         steps=[step_from_row(r) for r in steps],
     )
 
@@ -145,14 +271,16 @@ def new_run_row(run: RunState, spec_json: str, request_hash: str, owner: str, le
     """Values of a new ``runs`` row, in :data:`INSERT_RUN_COLUMNS` order (leased at epoch 1)."""
     return (
         run.run_id, run.workflow, run.status.value, jsonio.dumps(run.input), run.idempotency_key, request_hash,
-        spec_json, run.created_at, run.trace_id, owner, lease_until, 1,
+        spec_json, run.created_at, run.trace_id, owner, lease_until, 1, run.parent_run_id, run.parent_step,
+        run.concurrency_key, run.priority,
     )
 
 
 INSERT_RUN_COLUMNS = (
     "run_id, workflow, status, input_json, idempotency_key, request_hash, spec_json, created_at, trace_id, owner,"
-    " lease_until, lease_epoch"
+    " lease_until, lease_epoch, parent_run_id, parent_step, concurrency_key, priority"
 )
+INSERT_RUN_VALUES = len(INSERT_RUN_COLUMNS.split(","))
 
 
 def conflict(key: str, run_id: str) -> Conflict:
@@ -161,8 +289,11 @@ def conflict(key: str, run_id: str) -> Conflict:
 
 
 def step_row_values(step: StepState) -> tuple[Any, ...]:
-    """status, attempts, started_at, finished_at, result_json, error_json of a step update."""
-    return (step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error))
+    """The values of :data:`STEP_UPDATE_SET`."""
+    return (
+        step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error),
+        step_detail(step),
+    )
 
 
 def run_row_values(run: RunState) -> tuple[Any, ...]:
@@ -213,7 +344,7 @@ class SqliteRunStore:
                         raise conflict(run.idempotency_key, row[0])
                     return row[0], False
             db.execute(
-                f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES ({','.join('?' * INSERT_RUN_VALUES)})",
                 new_run_row(run, spec_json, request_hash, owner, self._clock() + lease_s),
             )
             db.executemany(
@@ -234,7 +365,20 @@ class SqliteRunStore:
         if row is None:
             return None
         steps = self._db.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
-        return run_from_row(row, steps)
+        run = run_from_row(row, steps)
+        self._complete([run])
+        return run
+
+    def _complete(self, runs: list[RunState]) -> None:
+        """Add what is derived on read: map progress and queue positions."""
+        if has_maps(runs):
+            ids = [r.run_id for r in runs]
+            counts, failed = progress_sql(f"IN ({','.join('?' * len(ids))})")
+            attach_progress(runs, self._db.execute(counts, ids).fetchall(), self._db.execute(failed, ids).fetchall())
+        for run in runs:
+            if run.status is RunStatus.QUEUED:
+                ahead = self._db.execute(QUEUE_AHEAD_SQL.format(p="?"), queue_ahead_params(run)).fetchone()[0]
+                run.queue_position = ahead + 1
 
     async def get_run(self, run_id: str) -> RunState | None:
         return await self._io(lambda: self._load(run_id))
@@ -245,15 +389,22 @@ class SqliteRunStore:
             raise KeyError(run_id)
         return str(row[0])
 
-    async def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunState]:
         def op() -> list[RunState]:
             clauses, params = [], []
-            if status is not None:
-                clauses.append("status = ?")
-                params.append(status.value)
-            if workflow is not None:
-                clauses.append("workflow = ?")
-                params.append(workflow)
+            for column, value in (
+                ("status", status.value if status else None), ("workflow", workflow), ("parent_run_id", parent_run_id)
+            ):
+                if value is not None:
+                    clauses.append(f"{column} = ?")
+                    params.append(value)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             rows = self._db.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
@@ -267,7 +418,9 @@ class SqliteRunStore:
                     [r[0] for r in rows],
                 )
             )
-            return [run_from_row(r, steps.get(r[0], [])) for r in rows]
+            runs = [run_from_row(r, steps.get(r[0], [])) for r in rows]
+            self._complete(runs)
+            return runs
 
         return await self._io(op)
 
@@ -285,10 +438,7 @@ class SqliteRunStore:
         await asyncio.to_thread(self._fenced, run.run_id, lease, SAVE_RUN_SQL.format(p="?"), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
-        sql = (
-            "UPDATE steps SET status=?, attempts=?, started_at=?, finished_at=?, result_json=?, error_json=?"
-            f" WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
-        )
+        sql = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
         params = (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
         await asyncio.to_thread(self._fenced, run_id, lease, sql, params)
 
@@ -335,6 +485,40 @@ class SqliteRunStore:
         row = await self._io(lambda: self._db.execute("SELECT cancel_requested FROM runs WHERE run_id=?", (run_id,)).fetchone())
         return bool(row and row[0])
 
+    async def save_items(self, run_id: str, step: str, items: Sequence[ItemOutcome], lease: Lease) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            if db.execute(self._HELD, (run_id, lease.owner, lease.epoch)).fetchone() is None:
+                raise LeaseLost(run_id, lease)
+            at = self._clock()
+            db.executemany(SAVE_ITEM_SQL.format(p="?"), [item_row(run_id, step, item, at) for item in items])
+
+        await self._io(lambda: self._tx(op))
+
+    async def load_items(self, run_id: str, step: str) -> dict[int, ItemOutcome]:
+        rows = await self._io(lambda: self._db.execute(LOAD_ITEMS_SQL.format(p="?"), (run_id, step)).fetchall())
+        return {r[0]: item_from_row(r) for r in rows}
+
+    async def admit(self, key: str, max_runs: int, owner: str, lease_s: float) -> list[tuple[str, int]]:
+        def op(db: sqlite3.Connection) -> list[tuple[str, int]]:  # BEGIN IMMEDIATE: one admitter at a time
+            free = max_runs - db.execute(ACTIVE_FOR_KEY_SQL.format(p="?"), (key,)).fetchone()[0]
+            if free <= 0:
+                return []
+            rows = db.execute(NEXT_QUEUED_SQL.format(p="?"), (key, free)).fetchall()
+            until = self._clock() + lease_s
+            db.executemany(PROMOTE_SQL.format(p="?"), [(owner, until, epoch + 1, run_id) for run_id, epoch in rows])
+            return [(run_id, epoch + 1) for run_id, epoch in rows]
+
+        return await self._io(lambda: self._tx(op))
+
+    async def queued_keys(self) -> list[str]:
+        return [r[0] for r in await self._io(lambda: self._db.execute(QUEUED_KEYS_SQL).fetchall())]
+
+    async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
+        cur = await self._io(
+            lambda: self._db.execute(CANCEL_QUEUED_SQL.format(p="?"), (error.model_dump_json(), at, run_id))
+        )
+        return cur.rowcount > 0
+
     async def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -350,6 +534,7 @@ class MemoryRunStore:
         self._runs: dict[str, RunState] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}
+        self._items: dict[tuple[str, str], dict[int, ItemOutcome]] = {}
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         if run.idempotency_key is not None and run.idempotency_key in self._keys:
@@ -370,19 +555,53 @@ class MemoryRunStore:
             self._keys[run.idempotency_key] = run.run_id
         return run, True
 
+    def _copy(self, run: RunState) -> RunState:
+        """A copy for a reader, with what SQL backends derive on read (map progress, queue position)."""
+        out = run.model_copy(deep=True)
+        for st in out.steps:
+            if st.map is not None:
+                items = sorted(self._items.get((run.run_id, st.name), {}).values(), key=lambda i: i.index)
+                failed = [i for i in items if i.status is StepStatus.FAILED]
+                st.map = MapProgress(
+                    total=st.map.total,
+                    succeeded=len(items) - len(failed),
+                    failed=len(failed),
+                    failed_items=[
+                        {"index": i.index, "error": i.error.model_dump(mode="json") if i.error else None}
+                        for i in failed[:FAILED_ITEMS_SHOWN]
+                    ],
+                )
+        if out.status is RunStatus.QUEUED:
+            out.queue_position = 1 + sum(
+                1 for r in self._runs.values()
+                if r.status is RunStatus.QUEUED and r.concurrency_key == run.concurrency_key and _line(r) < _line(run)
+            )
+        return out
+
     async def get_run(self, run_id: str) -> RunState | None:
         run = self._runs.get(run_id)
-        return None if run is None else run.model_copy(deep=True)
+        return None if run is None else self._copy(run)
 
     async def get_spec(self, run_id: str) -> str:
         return str(self._meta[run_id]["spec"])
 
-    async def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunState]:
         runs = [
-            r for r in self._runs.values() if (status is None or r.status is status) and (workflow is None or r.workflow == workflow)
+            r
+            for r in self._runs.values()
+            if (status is None or r.status is status)
+            and (workflow is None or r.workflow == workflow)
+            and (parent_run_id is None or r.parent_run_id == parent_run_id)
         ]
         runs.sort(key=lambda r: r.created_at, reverse=True)
-        return [r.model_copy(deep=True) for r in runs[:limit]]
+        return [self._copy(r) for r in runs[:limit]]
 
     def _holds(self, run_id: str, owner: str, epoch: int) -> bool:
         meta = self._meta.get(run_id, {})
@@ -437,8 +656,39 @@ class MemoryRunStore:
     async def cancel_requested(self, run_id: str) -> bool:
         return bool(self._meta.get(run_id, {}).get("cancel"))
 
+    async def save_items(self, run_id: str, step: str, items: Sequence[ItemOutcome], lease: Lease) -> None:
+        self._check(run_id, lease)
+        self._items.setdefault((run_id, step), {}).update({i.index: i for i in items})
+
+    async def load_items(self, run_id: str, step: str) -> dict[int, ItemOutcome]:
+        return dict(self._items.get((run_id, step), {}))
+
+    async def admit(self, key: str, max_runs: int, owner: str, lease_s: float) -> list[tuple[str, int]]:
+        same = [r for r in self._runs.values() if r.concurrency_key == key]
+        free = max_runs - sum(1 for r in same if r.status.value in _UNFINISHED)
+        queued = sorted((r for r in same if r.status is RunStatus.QUEUED), key=_line)[: max(free, 0)]
+        for r in queued:
+            r.status = RunStatus.PENDING
+            self._meta[r.run_id].update(owner=owner, lease=self._clock() + lease_s, epoch=self._meta[r.run_id]["epoch"] + 1)
+        return [(r.run_id, self._meta[r.run_id]["epoch"]) for r in queued]
+
+    async def queued_keys(self) -> list[str]:
+        return sorted({r.concurrency_key for r in self._runs.values() if r.status is RunStatus.QUEUED and r.concurrency_key})
+
+    async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.QUEUED:
+            return False
+        run.status, run.error, run.finished_at = RunStatus.CANCELLED, error, at
+        return True
+
     async def close(self) -> None:
         pass
+
+
+def _line(run: RunState) -> tuple[Any, ...]:
+    """A queued run's place in its key's line: highest priority first, then oldest."""
+    return (-run.priority, run.created_at, run.run_id)
 
 
 async def open_store(store: str, *, path: str = "", dsn: str | None = None, clock: Callable[[], float] = time.time) -> RunStore:

@@ -17,7 +17,7 @@ engine's runs pause and are claimed again once it is back.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -26,17 +26,35 @@ from psycopg_pool import AsyncConnectionPool
 from serve_app.core.errors import Unavailable
 from serve_app.workflow.migrations import POSTGRES_MIGRATION_LOCK, postgres_migration_plan
 from serve_app.workflow.state import RunState, RunStatus, StepState
+from serve_app.core.models import ErrorInfo
 from serve_app.workflow.store import (
     _UNFINISHED,
+    ACTIVE_FOR_KEY_SQL,
+    CANCEL_QUEUED_SQL,
     INSERT_RUN_COLUMNS,
+    INSERT_RUN_VALUES,
+    LOAD_ITEMS_SQL,
+    NEXT_QUEUED_SQL,
+    PROMOTE_SQL,
+    QUEUE_AHEAD_SQL,
+    QUEUED_KEYS_SQL,
     RELEASE_SQL,
     RUN_COLUMNS,
+    SAVE_ITEM_SQL,
     SAVE_RUN_SQL,
     STEP_COLUMNS,
+    STEP_UPDATE_SET,
+    ItemOutcome,
     Lease,
     LeaseLost,
+    attach_progress,
     conflict,
+    has_maps,
+    item_from_row,
+    item_row,
     new_run_row,
+    progress_sql,
+    queue_ahead_params,
     run_from_row,
     run_row_values,
     step_row_values,
@@ -118,7 +136,7 @@ class PostgresRunStore:
                 # Two replicas with the same key at the same instant: the unique index lets one
                 # insert win; the other waits for it to commit, inserts nothing, and reads it.
                 cur = await conn.execute(
-                    f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})"
+                    f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES ({', '.join(['%s'] * INSERT_RUN_VALUES)})"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING run_id",
                     new_run_row(run, spec_json, request_hash, owner, self._clock() + lease_s),
                 )
@@ -142,13 +160,29 @@ class PostgresRunStore:
 
         return await self._io(op)
 
-    @staticmethod
-    async def _load(conn: psycopg.AsyncConnection[Any], run_id: str) -> RunState | None:
+    @classmethod
+    async def _load(cls, conn: psycopg.AsyncConnection[Any], run_id: str) -> RunState | None:
         row = await (await conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))).fetchone()
         if row is None:
             return None
         cur = await conn.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = %s ORDER BY position", (run_id,))
-        return run_from_row(row, await cur.fetchall())
+        run = run_from_row(row, await cur.fetchall())
+        await cls._complete(conn, [run])
+        return run
+
+    @staticmethod
+    async def _complete(conn: psycopg.AsyncConnection[Any], runs: list[RunState]) -> None:
+        """Add what is derived on read: map progress and queue positions."""
+        if has_maps(runs):
+            ids = [r.run_id for r in runs]
+            counts, failed = progress_sql("= ANY(%s)")
+            attach_progress(
+                runs, await (await conn.execute(counts, (ids,))).fetchall(), await (await conn.execute(failed, (ids,))).fetchall()
+            )
+        for run in runs:
+            if run.status is RunStatus.QUEUED:
+                row = await (await conn.execute(QUEUE_AHEAD_SQL.format(p="%s"), queue_ahead_params(run))).fetchone()
+                run.queue_position = (row[0] if row else 0) + 1
 
     async def get_run(self, run_id: str) -> RunState | None:
         return await self._io(lambda conn: self._load(conn, run_id))
@@ -162,12 +196,20 @@ class PostgresRunStore:
 
         return await self._io(op)
 
-    async def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None, limit: int = 50) -> list[RunState]:
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunState]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[RunState]:
             cur = await conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE (%(status)s::text IS NULL OR status = %(status)s)"
-                " AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s) ORDER BY created_at DESC LIMIT %(limit)s",
-                {"status": status.value if status else None, "workflow": workflow, "limit": limit},
+                " AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)"
+                " AND (%(parent)s::text IS NULL OR parent_run_id = %(parent)s) ORDER BY created_at DESC LIMIT %(limit)s",
+                {"status": status.value if status else None, "workflow": workflow, "parent": parent_run_id, "limit": limit},
             )
             rows = await cur.fetchall()
             cur = await conn.execute(
@@ -175,7 +217,9 @@ class PostgresRunStore:
                 ([r[0] for r in rows],),
             )
             steps = steps_by_run(await cur.fetchall())
-            return [run_from_row(r, steps.get(r[0], [])) for r in rows]
+            runs = [run_from_row(r, steps.get(r[0], [])) for r in rows]
+            await self._complete(conn, runs)
+            return runs
 
         return await self._io(op)
 
@@ -196,8 +240,7 @@ class PostgresRunStore:
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = self._HELD + (
-            "UPDATE steps SET status=%s, attempts=%s, started_at=%s, finished_at=%s, result_json=%s, error_json=%s"
-            " WHERE run_id=%s AND name=%s AND EXISTS (SELECT 1 FROM held)"
+            f"UPDATE steps SET {STEP_UPDATE_SET.format(p='%s')} WHERE run_id=%s AND name=%s AND EXISTS (SELECT 1 FROM held)"
         )
         params = (run_id, lease.owner, lease.epoch, *step_row_values(step), run_id, step.name)
         await self._fenced(run_id, lease, sql, params)
@@ -244,6 +287,60 @@ class PostgresRunStore:
         async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
             row = await (await conn.execute("SELECT cancel_requested FROM runs WHERE run_id = %s", (run_id,))).fetchone()
             return bool(row and row[0])
+
+        return await self._io(op)
+
+    async def save_items(self, run_id: str, step: str, items: Sequence[ItemOutcome], lease: Lease) -> None:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                held = await conn.execute(
+                    "SELECT 1 FROM runs WHERE run_id = %s AND owner = %s AND lease_epoch = %s FOR SHARE",
+                    (run_id, lease.owner, lease.epoch),
+                )
+                if await held.fetchone() is None:
+                    return False
+                at = self._clock()
+                async with conn.cursor() as cur:
+                    await cur.executemany(SAVE_ITEM_SQL.format(p="%s"), [item_row(run_id, step, i, at) for i in items])
+                return True
+
+        if not await self._io(op):
+            raise LeaseLost(run_id, lease)
+
+    async def load_items(self, run_id: str, step: str) -> dict[int, ItemOutcome]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> dict[int, ItemOutcome]:
+            rows = await (await conn.execute(LOAD_ITEMS_SQL.format(p="%s"), (run_id, step))).fetchall()
+            return {r[0]: item_from_row(r) for r in rows}
+
+        return await self._io(op)
+
+    async def admit(self, key: str, max_runs: int, owner: str, lease_s: float) -> list[tuple[str, int]]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
+            async with conn.transaction():
+                # One admitter per key at a time, on every replica: count and promote as one step.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+                row = await (await conn.execute(ACTIVE_FOR_KEY_SQL.format(p="%s"), (key,))).fetchone()
+                free = max_runs - (row[0] if row else 0)
+                if free <= 0:
+                    return []
+                rows = await (await conn.execute(NEXT_QUEUED_SQL.format(p="%s"), (key, free))).fetchall()
+                until = self._clock() + lease_s
+                async with conn.cursor() as cur:
+                    await cur.executemany(PROMOTE_SQL.format(p="%s"), [(owner, until, e + 1, run_id) for run_id, e in rows])
+                return [(run_id, epoch + 1) for run_id, epoch in rows]
+
+        return await self._io(op)
+
+    async def queued_keys(self) -> list[str]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            return [r[0] for r in await (await conn.execute(QUEUED_KEYS_SQL)).fetchall()]
+
+        return await self._io(op)
+
+    async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cur = await conn.execute(CANCEL_QUEUED_SQL.format(p="%s"), (error.model_dump_json(), at, run_id))
+            return cur.rowcount > 0
 
         return await self._io(op)
 

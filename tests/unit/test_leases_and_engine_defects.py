@@ -212,14 +212,16 @@ def test_migrations_upgrade_a_pre_versioning_database(tmp_path: Any) -> None:
         " VALUES ('r1', 'one', 'running', '{}', 'h', ?, 1)",
         (ONE_STEP["one"].model_dump_json(),),
     )
-    assert migrate_sqlite(db) == [2]
+    assert migrate_sqlite(db) == [2, 3]
     assert migrate_sqlite(db) == []  # idempotent; replicas starting together apply each once
     versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions == [1, 2]
-    assert db.execute("SELECT lease_epoch FROM runs WHERE run_id='r1'").fetchone() == (0,)
+    assert versions == [1, 2, 3]
+    assert db.execute("SELECT lease_epoch, priority, concurrency_key FROM runs WHERE run_id='r1'").fetchone() == (0, 1, None)
     db.close()
     store = SqliteRunStore(path)
     assert store.path == path
+    old = asyncio.run(store.get_run("r1"))  # a row written before the upgrade still reads
+    assert old is not None and old.priority == 1 and old.parent_run_id is None
     asyncio.run(store.close())
 
 

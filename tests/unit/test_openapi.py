@@ -52,7 +52,7 @@ def test_bodies_and_answers_come_from_the_models(app_and_doc: tuple[Any, dict[st
     start = doc["paths"]["/v1/workflows/{name}/runs"]["post"]
     assert start["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/StartRunRequest")
     assert start["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/RunResult")
-    assert {p["name"] for p in doc["paths"]["/v1/runs"]["get"]["parameters"]} == {"status", "workflow", "limit"}
+    assert {p["name"] for p in doc["paths"]["/v1/runs"]["get"]["parameters"]} == {"status", "workflow", "parent_run_id", "limit"}
     assert set(start["parameters"][0]["examples"]) == set(WORKFLOWS)
     assert schemas["StartRunRequest"]["properties"]["wait_timeout_s"]["maximum"] == 600
     assert "echo" in schemas["TaskRequest"]["properties"]["task_type"]["examples"]

@@ -15,6 +15,7 @@ import pytest
 from serve_app.core.errors import Conflict, Unavailable
 from serve_app.workflow.state import RunState, RunStatus, StepState, StepStatus
 from serve_app.workflow.store import Lease, LeaseLost
+from serve_app.workflow.migrations import POSTGRES_MIGRATIONS
 from tests.conftest import STORE_KINDS, StoreFactory
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +128,7 @@ async def test_cancel_requests_are_shared(kind: str, store_factory: StoreFactory
 async def test_postgres_migrations_are_versioned_and_safe_to_race(store_factory: StoreFactory) -> None:
     handles = await asyncio.gather(*(store_factory("postgres") for _ in range(4)))  # replicas starting at once
     for handle in handles:
-        assert await handle.applied_migrations() == [1, 2]  # type: ignore[attr-defined]
+        assert await handle.applied_migrations() == [m[0] for m in POSTGRES_MIGRATIONS]  # type: ignore[attr-defined]
 
 
 async def test_postgres_away_is_unavailable_fast_and_work_resumes(store_factory: StoreFactory, postgres: Any) -> None:

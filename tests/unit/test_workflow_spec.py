@@ -113,7 +113,7 @@ def test_loader_reads_definitions_files_and_modules(tmp_path) -> None:  # type: 
 
 def test_loader_reports_schema_problems_with_origin() -> None:
     cfg = WorkflowsConfig(definitions=[{"name": "w", "steps": [{"name": "s"}]}])
-    with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0.task_type: Field required"):
+    with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0: Value error, a step runs exactly one of task_type or workflow"):
         load_workflows(cfg, KNOWN)
 
 
