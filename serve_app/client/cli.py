@@ -95,12 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     rw.add_argument("--wait", action="store_true", help="wait for the run to finish")
     rw.add_argument("--wait-timeout", type=float, default=60.0)
     rw.add_argument("--idempotency-key")
+    rw.add_argument("--priority", type=int, choices=(1, 2, 3), help="3 runs first among queued runs")
     for name in ("get-run", "cancel-run"):
         sub.add_parser(name).add_argument("run_id")
     lr = sub.add_parser("list-runs", help="recent runs, newest first")
     lr.add_argument("--status")
     lr.add_argument("--workflow")
     lr.add_argument("--limit", type=int, default=20)
+    lr.add_argument("--parent", help="only the child runs of this run")
     sub.add_parser("workflows", help="list workflow definitions")
     ld = sub.add_parser("load", help="send bounded load and print a summary")
     ld.add_argument("--protocol", choices=("http", "grpc"), default="http")
@@ -160,6 +162,8 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
         body = {"input": _json_arg(args.input, "--input"), "wait": args.wait, "wait_timeout_s": args.wait_timeout}
         if args.idempotency_key:
             body["idempotency_key"] = args.idempotency_key
+        if args.priority:
+            body["priority"] = args.priority
         doc = http.post(f"/v1/workflows/{args.workflow}/runs", json=body).json()
         _print(out, doc)
         run = doc.get("run") or {}
@@ -169,7 +173,8 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
     elif args.command == "cancel-run":
         doc = http.post(f"/v1/runs/{args.run_id}/cancel").json()
     elif args.command == "list-runs":
-        params = {k: v for k, v in {"status": args.status, "workflow": args.workflow, "limit": args.limit}.items() if v}
+        given = {"status": args.status, "workflow": args.workflow, "limit": args.limit, "parent_run_id": args.parent}
+        params = {k: v for k, v in given.items() if v}
         doc = http.get("/v1/runs", params=params).json()
     else:  # workflows
         doc = http.get("/v1/workflows").json()

@@ -75,14 +75,26 @@ def failure_from_rpc_error(err: grpc.RpcError, model: type[E], **known: Any) -> 
     return model(success=False, error=codec.transport_failure(status, details), **known)
 
 
-def _start_request(workflow: str, run_input: dict[str, Any] | None, idempotency_key: str | None, wait: bool, wait_timeout_s: float) -> pb.StartRunRequest:
+def _start_request(
+    workflow: str,
+    run_input: dict[str, Any] | None,
+    idempotency_key: str | None,
+    wait: bool,
+    wait_timeout_s: float,
+    priority: int | None,
+) -> pb.StartRunRequest:
     return pb.StartRunRequest(
         workflow=workflow,
         input_json=json.dumps(run_input or {}),
         idempotency_key=idempotency_key or "",
         wait=wait,
         wait_timeout_s=wait_timeout_s,
+        priority=priority or 0,
     )
+
+
+def _list_request(status: str, workflow: str, limit: int, parent_run_id: str) -> pb.ListRunsRequest:
+    return pb.ListRunsRequest(status=status, workflow=workflow, limit=limit, parent_run_id=parent_run_id)
 
 
 class _Base:
@@ -177,9 +189,11 @@ class ServeflowClient(_Base):
         idempotency_key: str | None = None,
         wait: bool = False,
         wait_timeout_s: float = 60.0,
+        priority: int | None = None,
     ) -> RunResult:
-        """Start a workflow run; with ``wait`` the answer comes when it finishes (or at the timeout)."""
-        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s)
+        """Start a workflow run; with ``wait`` the answer comes when it finishes (or at the timeout).
+        ``priority`` (1-3, 3 first) orders it among queued runs and waiting steps."""
+        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s, priority)
         return self._run_rpc(self._stub.StartRun, req, wait_timeout_s + self._grace)
 
     def get_run(self, run_id: str, *, timeout_s: float = 10.0) -> RunResult:
@@ -188,8 +202,10 @@ class ServeflowClient(_Base):
     def cancel_run(self, run_id: str, *, timeout_s: float = 30.0) -> RunResult:
         return self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
 
-    def list_runs(self, *, status: str = "", workflow: str = "", limit: int = 50, timeout_s: float = 10.0) -> RunResult:
-        return self._run_rpc(self._stub.ListRuns, pb.ListRunsRequest(status=status, workflow=workflow, limit=limit), timeout_s)
+    def list_runs(
+        self, *, status: str = "", workflow: str = "", limit: int = 50, parent_run_id: str = "", timeout_s: float = 10.0
+    ) -> RunResult:
+        return self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id), timeout_s)
 
     def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The service's status document (as GET /v1/status)."""
@@ -255,8 +271,9 @@ class AsyncServeflowClient(_Base):
         idempotency_key: str | None = None,
         wait: bool = False,
         wait_timeout_s: float = 60.0,
+        priority: int | None = None,
     ) -> RunResult:
-        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s)
+        req = _start_request(workflow, run_input, idempotency_key, wait, wait_timeout_s, priority)
         return await self._run_rpc(self._stub.StartRun, req, wait_timeout_s + self._grace)
 
     async def get_run(self, run_id: str, *, timeout_s: float = 10.0) -> RunResult:
@@ -265,10 +282,10 @@ class AsyncServeflowClient(_Base):
     async def cancel_run(self, run_id: str, *, timeout_s: float = 30.0) -> RunResult:
         return await self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
 
-    async def list_runs(self, *, status: str = "", workflow: str = "", limit: int = 50, timeout_s: float = 10.0) -> RunResult:
-        return await self._run_rpc(
-            self._stub.ListRuns, pb.ListRunsRequest(status=status, workflow=workflow, limit=limit), timeout_s
-        )
+    async def list_runs(
+        self, *, status: str = "", workflow: str = "", limit: int = 50, parent_run_id: str = "", timeout_s: float = 10.0
+    ) -> RunResult:
+        return await self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id), timeout_s)
 
     async def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         reply = await self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)

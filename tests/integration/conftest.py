@@ -13,8 +13,8 @@ from serve_app.core.connect import connect, disconnect
 
 POOLS: dict[str, Any] = {
     "general": {
-        "handler_modules": ["serve_app.examples.basic"],
-        "task_types": ["echo", "noop", "sleep", "fail"],
+        "handler_modules": ["serve_app.examples.basic", "serve_app.examples.faults"],
+        "task_types": ["echo", "noop", "sleep", "fail", "record"],
         "max_ongoing_requests": 32,
     },
     "compute": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["fib", "count_primes"]},
@@ -96,6 +96,79 @@ WORKFLOWS.append(
         ],
     }
 )
+# Dynamic workflows: maps, child runs, concurrency keys (tests/integration/test_dynamic_workflows.py).
+WORKFLOWS += [
+    {
+        "name": "region",
+        "input_schema": {"type": "object", "required": ["region"], "properties": {"region": {"type": "string"}}},
+        "steps": [
+            {"name": "hello", "task_type": "echo", "input": {"message": "${input.region}"}},
+        ],
+        "output": {"region": "${steps.hello.result.message}"},
+    },
+    {
+        "name": "regions",
+        "steps": [
+            {
+                "name": "per_region",
+                "workflow": "region",
+                "map": {"over": "${input.regions}", "max_parallel": 3},
+                "input": {"region": "${item}"},
+            },
+            {"name": "summary", "task_type": "echo", "input": {"message": "${input.label}"}},
+        ],
+        "output": {"regions": "${steps.per_region.result}", "label": "${steps.summary.result.message}"},
+    },
+    {
+        "name": "scores",
+        "steps": [
+            {"name": "rows", "task_type": "echo", "input": {"message": "${input.label}"}},
+            {
+                "name": "score",
+                "task_type": "fib",
+                "map": {"over": "${input.rows}", "max_parallel": 8, "on_item_failure": "continue"},
+                "input": {"n": "${item.n}"},
+                "depends_on": ["rows"],
+            },
+        ],
+    },
+    {
+        "name": "bulk",
+        "steps": [
+            {
+                "name": "each",
+                "task_type": "record",
+                "map": {"over": "${input.items}", "max_parallel": 4},
+                "input": {"path": "${input.path}", "key": "${input.key}", "step": "${item.id}", "seconds": "${item.seconds}"},
+            }
+        ],
+    },
+    {
+        "name": "slow_child",
+        "steps": [
+            {"name": "first", "task_type": "record", "input": {"path": "${input.path}", "key": "${input.key}", "step": "first"}},
+            {
+                "name": "second",
+                "task_type": "record",
+                "input": {"path": "${input.path}", "key": "${input.key}", "step": "second", "seconds": "${input.seconds}"},
+                "depends_on": ["first"],
+            },
+        ],
+        "output": {"done": "${steps.second.result.key}"},
+    },
+    {
+        "name": "parent",
+        "steps": [
+            {"name": "child", "workflow": "slow_child", "input": {"path": "${input.path}", "key": "${input.key}", "seconds": "${input.seconds}"}},
+            {"name": "after", "task_type": "echo", "input": {"message": "${steps.child.result.done}"}},
+        ],
+    },
+    {
+        "name": "billing",
+        "concurrency": {"key": "${input.customer}", "max_runs": 1},
+        "steps": [{"name": "bill", "task_type": "sleep", "input": {"seconds": "${input.seconds}"}}],
+    },
+]
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 

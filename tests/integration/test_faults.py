@@ -5,8 +5,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import httpx
+import pytest
 
 from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.faults
 
 
 def _whoami(http: httpx.Client) -> int | None:

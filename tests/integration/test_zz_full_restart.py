@@ -12,12 +12,15 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.client.sdk import RetryPolicy, ServeflowClient
 from tests.integration.conftest import wait_until
+
+pytestmark = pytest.mark.faults
 
 ROOT = pathlib.Path(__file__).parents[2]
 

@@ -37,6 +37,8 @@ import yaml
 
 from tests.integration.conftest import free_port, wait_until
 
+pytestmark = pytest.mark.faults
+
 ROOT = pathlib.Path(__file__).parents[2]
 RAY = str(pathlib.Path(sys.executable).with_name("ray"))
 SERVE = str(pathlib.Path(sys.executable).with_name("serve"))
@@ -50,7 +52,12 @@ def _workflows(record_path: str) -> list[dict[str, Any]]:
 
     diamond = [step("a", 0.5), step("b", 1.0, ["a"]), step("c", 1.0, ["a"]), step("d", 0.5, ["b", "c"])]
     fanout = [step(f"f{i}", 1.5) for i in range(4)] + [step("join", 0.2, [f"f{i}" for i in range(4)])]
-    return [{"name": "diamond", "steps": diamond}, {"name": "fanout", "steps": fanout}]
+    billing = {
+        "name": "billing",
+        "concurrency": {"key": "${input.customer}", "max_runs": 1},
+        "steps": [step("bill", 0.6)],
+    }
+    return [{"name": "diamond", "steps": diamond}, {"name": "fanout", "steps": fanout}, billing]
 
 
 class Cluster:
@@ -230,6 +237,29 @@ def _assert_fault_survived(label: str, http: httpx.Client, cluster: Cluster, run
     assert len(mine) == steps_total  # every step ran
     assert not [k for k in finished_before if mine[k] != 1]  # nothing that had finished ran again
     assert len(rerun) <= in_flight_bound
+
+
+def test_a_concurrency_key_holds_across_two_coordinators(cluster: Cluster) -> None:
+    """Runs of one key sent to both Coordinators: one at a time, in order, none lost."""
+    import psycopg
+
+    customer = "acme"
+    with httpx.Client(base_url=f"http://127.0.0.1:{cluster.http_port}", timeout=30) as http:
+        ids = []
+        for i in range(12):
+            r = http.post("/v1/workflows/billing/runs", json={"input": {"key": f"bill{i}", "customer": customer}})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["run_id"])
+        with psycopg.connect(cluster.dsn) as conn:  # while queued, a run's owner is the replica that took it
+            creators = conn.execute("SELECT DISTINCT owner FROM runs WHERE run_id = ANY(%s) AND status = 'queued'", (ids,)).fetchall()
+        final = _await_all(http, {i: i for i in ids}, 120)
+    assert len(creators) == 2, creators  # both Coordinators accepted runs of the key
+    assert all(r["status"] == "succeeded" for r in final.values()), final
+    spans = sorted((r["started_at"], r["finished_at"]) for r in final.values())
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False)), spans  # never two at once
+    executions = _executions(cluster.record_path)
+    assert all(executions[f"bill{i}.bill"] == 1 for i in range(12))
+    print(f"concurrency key across 2 Coordinators: 12 runs, created on {len(creators)} replicas, no overlap")
 
 
 def test_losing_a_node_loses_no_run(cluster: Cluster) -> None:

@@ -481,3 +481,25 @@ async def test_two_engines_share_a_concurrency_key(kind: str, store_factory: Sto
     spans = sorted((runs[i].started_at, runs[i].finished_at) for i in ids)
     for i, (start, _) in enumerate(spans):  # at any start, at most 2 runs of the key were running
         assert sum(1 for s, f in spans[:i + 1] if f > start) <= 2  # type: ignore[operator]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])  # stores that outlive a Coordinator
+async def test_queued_runs_survive_a_restart_and_are_admitted_by_the_next_coordinator(
+    kind: str, store_factory: StoreFactory, submit: CountingSubmit
+) -> None:
+    store = await store_factory(kind)
+    first = RunEngine(store, submit, WORKFLOWS, owner="first", lease_s=0.3)
+    customer = uuid.uuid4().hex
+    holder, _ = await first.start("billing", {"customer": customer, "seconds": 1.5})
+    waiting = [(await first.start("billing", {"customer": customer, "seconds": 0.01}))[0] for _ in range(2)]
+    assert [w.queue_position for w in waiting] == [1, 2]
+    await first.shutdown()  # the holder stops mid-run; the queued ones are nobody's yet
+    second = RunEngine(store, submit, WORKFLOWS, owner="second", lease_s=5)
+    await asyncio.sleep(0.4)
+    assert await second.resume() == [holder.run_id]  # the holder is claimed; the key stays held
+    assert [(await second.get(w.run_id)).status for w in waiting] == [RunStatus.QUEUED] * 2
+    runs = [await second.wait(r.run_id, 30) for r in (holder, *waiting)]
+    await second.shutdown()
+    assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 3
+    assert runs[0].finished_at <= runs[1].started_at and runs[1].finished_at <= runs[2].started_at  # type: ignore[operator]
