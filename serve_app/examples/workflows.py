@@ -23,3 +23,12 @@ flaky_chain = Workflow("fib_chain", "fib(n) then echo it")
 f = flaky_chain.step("fib", "fib", {"n": Workflow.input("n")}, retry={"max_attempts": 3, "initial_backoff_s": 0.1})
 flaky_chain.step("say", "echo", {"message": "computed"}, depends_on=[f])
 flaky_chain.output({"value": f.result("value")})
+
+# A map over a run-time list with one child run (fib_chain) per element, at most four at once;
+# runs for the same customer wait in line (status queued) until the previous one has finished.
+fib_many = Workflow(
+    "fib_many",
+    "fib_chain for every n in the input, one run per customer at a time",
+    concurrency={"key": "${input.customer}", "max_runs": 1},
+)
+fib_many.step("each", workflow="fib_chain", input={"n": Workflow.item()}, map={"over": Workflow.input("ns"), "max_parallel": 4})

@@ -707,22 +707,29 @@ class RunEngine:
 class _ItemWriter:
     """Records finished map elements with group commit: the first element to finish writes; those
     finishing meanwhile are written by it in the next batch, so a store round trip is shared by
-    every element that finished during the previous one."""
+    every element that finished during the previous one. At most ``max_unwritten`` finished
+    elements wait for a write (more hold their worker back), which bounds what a crash can make
+    run again: the elements in flight plus those."""
 
-    def __init__(self, store: RunStore, run_id: str, step: str, lease: Lease) -> None:
+    def __init__(self, store: RunStore, run_id: str, step: str, lease: Lease, max_unwritten: int = 256) -> None:
         self._store, self._run_id, self._step, self._lease = store, run_id, step, lease
+        self._max_unwritten = max_unwritten
         self._batch: list[ItemOutcome] = []
         self._writing = False
+        self._written = asyncio.Event()
 
     async def record(self, outcome: ItemOutcome) -> None:
         self._batch.append(outcome)
         if not self._writing:
             await self.flush()
+        while self._writing and len(self._batch) >= self._max_unwritten:
+            await self._written.wait()  # backpressure: the writer is behind
 
     async def flush(self) -> None:
         if self._writing:
             return
         self._writing = True
+        self._written = asyncio.Event()  # set after each batch written, and when writing stops
         try:
             while self._batch:
                 batch, self._batch = self._batch, []
@@ -731,5 +738,8 @@ class _ItemWriter:
                 except BaseException:
                     self._batch = batch + self._batch  # unwritten: the next flush (or a resume) takes them
                     raise
+                written, self._written = self._written, asyncio.Event()
+                written.set()
         finally:
             self._writing = False
+            self._written.set()

@@ -550,6 +550,7 @@ class MemoryRunStore:
             "lease": self._clock() + lease_s,
             "epoch": 1,
             "cancel": False,
+            "positions": {st.name: i for i, st in enumerate(run.steps)},
         }
         if run.idempotency_key is not None:
             self._keys[run.idempotency_key] = run.run_id
@@ -621,7 +622,8 @@ class MemoryRunStore:
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         self._check(run_id, lease)
         run = self._runs[run_id]
-        run.steps = [step.model_copy(deep=True) if s.name == step.name else s for s in run.steps]
+        position = self._meta[run_id]["positions"][step.name]  # O(1): a run may have 1,000 steps
+        run.steps[position] = step.model_copy(deep=True)
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         now = self._clock()

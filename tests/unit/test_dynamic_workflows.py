@@ -503,3 +503,36 @@ async def test_queued_runs_survive_a_restart_and_are_admitted_by_the_next_coordi
     await second.shutdown()
     assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 3
     assert runs[0].finished_at <= runs[1].started_at and runs[1].finished_at <= runs[2].started_at  # type: ignore[operator]
+
+
+@pytest.mark.anyio
+async def test_item_writer_group_commits_and_bounds_what_is_unwritten() -> None:
+    """Finished elements share store writes, and no more than max_unwritten wait for one."""
+    from serve_app.workflow.engine import _ItemWriter
+    from serve_app.workflow.store import ItemOutcome, Lease
+
+    class SlowStore:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+            self.written: set[int] = set()
+
+        async def save_items(self, run_id: str, step: str, items: list[ItemOutcome], lease: Lease) -> None:
+            await asyncio.sleep(0.005)
+            self.batches.append(len(items))
+            self.written.update(i.index for i in items)
+
+    store = SlowStore()
+    writer = _ItemWriter(store, "r", "s", Lease("o", 1), max_unwritten=16)  # type: ignore[arg-type]
+    peak = 0
+
+    async def worker(start: int) -> None:
+        nonlocal peak
+        for i in range(start, 1000, 50):
+            await writer.record(ItemOutcome(i, StepStatus.SUCCEEDED, 1, i))
+            peak = max(peak, len(writer._batch))
+
+    await asyncio.gather(*(worker(w) for w in range(50)))
+    await writer.flush()
+    assert store.written == set(range(1000))
+    assert len(store.batches) < 200  # shared round trips, not one per element
+    assert max(store.batches) <= 16 + 50 and peak <= 16 + 50  # the bound plus the workers in flight

@@ -108,7 +108,7 @@ def test_loader_reads_definitions_files_and_modules(tmp_path) -> None:  # type: 
         modules=["serve_app.examples.workflows"],
     )
     specs = load_workflows(cfg, {"echo", "fib", "sleep"})
-    assert set(specs) == {"inline", "from_file", "fanout", "fib_chain"}
+    assert set(specs) == {"inline", "from_file", "fanout", "fib_chain", "fib_many"}
 
 
 def test_loader_reports_schema_problems_with_origin() -> None:
