@@ -486,13 +486,7 @@ class RunEngine:
         try:
             items = map_items(step, run.input, results)
         except MissingValue as exc:
-            st.status = StepStatus.FAILED
-            st.error = ErrorInfo(
-                code=ErrorCode.VALIDATION_ERROR.value,
-                message=f"step {step.name!r} map: {exc}",
-                retryable=False,
-                details={"step": step.name, "over": step.map.over},
-            )
+            st.status, st.error = StepStatus.FAILED, _invalid(step, "map", exc, over=step.map.over)
             return
         st.map = MapProgress(total=len(items))
         st.attempts += 1
@@ -683,13 +677,7 @@ class RunEngine:
                 return True
             st.status = StepStatus.SKIPPED
         except MissingValue as exc:
-            st.status = StepStatus.FAILED
-            st.error = ErrorInfo(
-                code=ErrorCode.VALIDATION_ERROR.value,
-                message=f"step {step.name!r} when: {exc}",
-                retryable=False,
-                details={"step": step.name, "when": step.when},
-            )
+            st.status, st.error = StepStatus.FAILED, _invalid(step, "when", exc, when=step.when)
         st.started_at = st.started_at or self._clock()
         st.finished_at = self._clock()
         await self._store.save_step(run.run_id, st, lease)
@@ -702,6 +690,17 @@ class RunEngine:
             retryable=True,
             details={"step": step.name, "refusals": refusals, "start_timeout_s": self._start_timeout_s, "last_error": last.code},
         )
+
+
+def _invalid(step: StepSpec, what: str, exc: MissingValue, **details: Any) -> ErrorInfo:
+    """A step's own definition met a run-time value it cannot use (a map over a non-list, a
+    condition over a missing value): the step fails, named, not retryable."""
+    return ErrorInfo(
+        code=ErrorCode.VALIDATION_ERROR.value,
+        message=f"step {step.name!r} {what}: {exc}",
+        retryable=False,
+        details={"step": step.name, **details},
+    )
 
 
 class _ItemWriter:
