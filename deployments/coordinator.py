@@ -148,6 +148,12 @@ class Coordinator:
                 "readiness": self._readiness.snapshot(),
                 "workflows": sorted(self._engine.workflows),
                 "active_runs": len(self._engine.active_runs),
+                # Step slots (workflows.max_inflight_steps): waiting > 0 means steps queue here by priority.
+                "step_slots": {
+                    "capacity": self._engine.gate.capacity,
+                    "in_use": self._engine.gate.in_use,
+                    "waiting": self._engine.gate.waiting,
+                },
                 "store": {"kind": self._config.workflows.store, "where": self._store.where},
             },
         )

@@ -98,3 +98,9 @@ def test_concurrency_key_queues_runs_with_positions_and_priority(http: httpx.Cli
     assert all(r["status"] == "succeeded" for r in done.values())
     a, hi, lo = done[first["run_id"]], done[high["run_id"]], done[low["run_id"]]
     assert a["finished_at"] <= hi["started_at"] and hi["finished_at"] <= lo["started_at"]  # one at a time, by priority
+
+
+def test_status_shows_the_coordinators_step_slots(http: httpx.Client) -> None:
+    coordinator = http.get("/v1/status").json()["components"]["Coordinator"]
+    slots = coordinator["details"]["step_slots"]
+    assert slots["capacity"] == 256 and 0 <= slots["in_use"] <= 256 and slots["waiting"] >= 0

@@ -536,3 +536,28 @@ async def test_item_writer_group_commits_and_bounds_what_is_unwritten() -> None:
     assert store.written == set(range(1000))
     assert len(store.batches) < 200  # shared round trips, not one per element
     assert max(store.batches) <= 16 + 50 and peak <= 16 + 50  # the bound plus the workers in flight
+
+
+@pytest.mark.anyio
+async def test_step_priority_when_the_step_slots_are_saturated(store: RunStore, submit: CountingSubmit) -> None:
+    """One step slot: while it is taken, the higher-priority run's step goes first, whatever the order."""
+    eng = RunEngine(store, submit, WORKFLOWS, owner="o", lease_s=5, max_inflight_steps=1)
+    holder, _ = await eng.start("slow_child", {"seconds": 0.3})
+
+    async def holding() -> bool:
+        return eng.gate.in_use == 1
+
+    await until(holding)
+    low, _ = await eng.start("child", {"text": "low"}, priority=1)
+    mid, _ = await eng.start("child", {"text": "mid"}, priority=2)
+    high, _ = await eng.start("child", {"text": "high"}, priority=3)
+
+    async def all_waiting() -> bool:
+        return eng.gate.waiting == 3
+
+    await until(all_waiting)
+    done = [await eng.wait(r.run_id, 20) for r in (holder, low, mid, high)]
+    await eng.shutdown()
+    assert all(r.status is RunStatus.SUCCEEDED for r in done)
+    starts = {r.input.get("text"): r.step("hello").finished_at for r in done[1:]}
+    assert starts["high"] < starts["mid"] < starts["low"]  # type: ignore[operator]
