@@ -27,7 +27,9 @@ from schemathesis.specs.openapi.checks import (
 
 # Handlers of the test pools that misbehave on purpose (kill, hang or block their replica); the
 # fault tests exercise them. Fuzzing them would only test the fault tests' fixtures again.
-FAULT_TASK_TYPES = {"hang", "crash", "stall", "block_loop", "flaky", "whoami"}
+# ``record`` appends to a file the request names: never with fuzzed paths (nor the workflows using it).
+FAULT_TASK_TYPES = {"hang", "crash", "stall", "block_loop", "flaky", "whoami", "record"}
+RECORDING_WORKFLOWS = {"bulk", "slow_child", "parent"}
 # Runs the fuzzer starts are cancelled afterwards; waiting on them is bounded here.
 MAX_WAIT_S = 2.0
 LEAKS = re.compile(r"Traceback|File \"|/site-packages/|\.py\", line")
@@ -39,7 +41,11 @@ def served_schema(serve_instance: dict[str, Any]) -> Any:
 
     @schema.hook
     def filter_body(context: Any, body: Any) -> bool:
-        return not (isinstance(body, dict) and body.get("task_type") in FAULT_TASK_TYPES)
+        return not _excluded_body(body)
+
+    @schema.hook
+    def filter_path_parameters(context: Any, path_parameters: Any) -> bool:
+        return not _excluded_path(path_parameters)
 
     @schema.hook
     def map_body(context: Any, body: Any) -> Any:
@@ -50,6 +56,14 @@ def served_schema(serve_instance: dict[str, Any]) -> Any:
         return body
 
     return schema
+
+
+def _excluded_body(body: Any) -> bool:
+    return isinstance(body, dict) and isinstance(body.get("task_type"), str) and body["task_type"] in FAULT_TASK_TYPES
+
+
+def _excluded_path(path_parameters: Any) -> bool:
+    return isinstance(path_parameters, dict) and path_parameters.get("name") in RECORDING_WORKFLOWS
 
 
 def _check(case: Any, base_url: str, seen: Counter[str]) -> None:
@@ -87,8 +101,8 @@ def test_the_served_api_under_fuzzing(served_schema: Any, serve_instance: dict[s
             @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @given(case=strategy)
             def fuzz(case: Any) -> None:
-                # Explicit examples bypass the body hooks: the fault handlers are skipped here too.
-                if not (isinstance(case.body, dict) and case.body.get("task_type") in FAULT_TASK_TYPES):
+                # Explicit examples bypass the hooks: the fault handlers are skipped here too.
+                if not (_excluded_body(case.body) or _excluded_path(case.path_parameters)):
                     _check(case, serve_instance["http"], seen)
 
             fuzz()
