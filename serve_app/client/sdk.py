@@ -93,8 +93,8 @@ def _start_request(
     )
 
 
-def _list_request(status: str, workflow: str, limit: int, parent_run_id: str) -> pb.ListRunsRequest:
-    return pb.ListRunsRequest(status=status, workflow=workflow, limit=limit, parent_run_id=parent_run_id)
+def _list_request(status: str, workflow: str, limit: int, parent_run_id: str, before: float) -> pb.ListRunsRequest:
+    return pb.ListRunsRequest(status=status, workflow=workflow, limit=limit, parent_run_id=parent_run_id, before=before)
 
 
 class _Base:
@@ -203,9 +203,17 @@ class ServeflowClient(_Base):
         return self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
 
     def list_runs(
-        self, *, status: str = "", workflow: str = "", limit: int = 50, parent_run_id: str = "", timeout_s: float = 10.0
+        self,
+        *,
+        status: str = "",
+        workflow: str = "",
+        limit: int = 50,
+        parent_run_id: str = "",
+        before: float = 0.0,
+        timeout_s: float = 10.0,
     ) -> RunResult:
-        return self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id), timeout_s)
+        """Newest first; for the next page pass ``before`` = the last run's ``created_at``."""
+        return self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id, before), timeout_s)
 
     def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The service's status document (as GET /v1/status)."""
@@ -283,9 +291,18 @@ class AsyncServeflowClient(_Base):
         return await self._run_rpc(self._stub.CancelRun, pb.RunRequest(run_id=run_id), timeout_s)
 
     async def list_runs(
-        self, *, status: str = "", workflow: str = "", limit: int = 50, parent_run_id: str = "", timeout_s: float = 10.0
+        self,
+        *,
+        status: str = "",
+        workflow: str = "",
+        limit: int = 50,
+        parent_run_id: str = "",
+        before: float = 0.0,
+        timeout_s: float = 10.0,
     ) -> RunResult:
-        return await self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id), timeout_s)
+        return await self._run_rpc(
+            self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id, before), timeout_s
+        )
 
     async def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         reply = await self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)

@@ -103,6 +103,9 @@ class ListRunsQuery(BaseModel):
         None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="Only the child runs of this run."
     )
     limit: int = Field(50, ge=1, le=1000, description="At most this many runs, newest first.")
+    before: float | None = Field(
+        None, ge=0, le=1e11, description="Paging: only runs created before this time (the last created_at of the previous page)."
+    )
 
 
 class RunResult(Envelope):

@@ -100,7 +100,13 @@ def _run_inputs(request: pb.RunRequest) -> dict[str, Any]:
 
 def _list_inputs(request: pb.ListRunsRequest) -> dict[str, Any]:
     return {
-        "query": _given(status=request.status, workflow=request.workflow, limit=request.limit, parent_run_id=request.parent_run_id)
+        "query": _given(
+            status=request.status,
+            workflow=request.workflow,
+            limit=request.limit,
+            parent_run_id=request.parent_run_id,
+            before=request.before,
+        )
     }
 
 

@@ -14,8 +14,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from serve_app.console import console_routes
 from serve_app.core import codec, jsonio
 from serve_app.core.errors import InvalidRequest
 from serve_app.core.models import Envelope
@@ -101,6 +102,7 @@ def build_http_app(backend: Backend, *, max_body_bytes: int, auth: BearerAuth | 
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
-    routes = [Route(r.path, _endpoint(pipeline, ops[r.operation], r), methods=[r.method]) for r in ROUTES]
+    routes: list[BaseRoute] = [Route(r.path, _endpoint(pipeline, ops[r.operation], r), methods=[r.method]) for r in ROUTES]
+    routes += console_routes()
     return Starlette(routes=routes, exception_handlers={HTTPException: unmatched})
 

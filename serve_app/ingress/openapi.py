@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 from serve_app.core.models import NAME_PATTERN, RunResult, StartRunRequest, TaskRequest, TaskResult
 from serve_app.ingress.operations import ROUTES
 from serve_app.ingress.pipeline import Operation
-from serve_app.workflow.spec import WorkflowSpec
+from serve_app.workflow.api import WorkflowDocument
 
 _REF = "#/components/schemas/{model}"
 
@@ -43,7 +43,7 @@ class StatusDocument(_Doc):
 
 
 class WorkflowList(_Doc):
-    workflows: list[WorkflowSpec]
+    workflows: list[WorkflowDocument]
 
 
 class OpenApiDocument(_Doc):
@@ -60,7 +60,7 @@ _DOCUMENTS: dict[str, type[BaseModel]] = {
     "status": StatusDocument,
     "openapi": OpenApiDocument,
     "listWorkflows": WorkflowList,
-    "getWorkflow": WorkflowSpec,
+    "getWorkflow": WorkflowDocument,
 }
 _PATH_PARAMS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME_PATTERN},

@@ -84,16 +84,18 @@ class RunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("status", "workflow", "limit", "parent_run_id")
+    __slots__ = ("status", "workflow", "limit", "parent_run_id", "before")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
     status: str
     workflow: str
     limit: int
     parent_run_id: str
-    def __init__(self, status: _Optional[str] = ..., workflow: _Optional[str] = ..., limit: _Optional[int] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+    before: float
+    def __init__(self, status: _Optional[str] = ..., workflow: _Optional[str] = ..., limit: _Optional[int] = ..., parent_run_id: _Optional[str] = ..., before: _Optional[float] = ...) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("success", "run_id", "workflow", "created", "run_json", "runs_json", "error", "duration_ms", "trace_id")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import Field
+
 from serve_app.core.errors import NotFound, classify
 from serve_app.core.models import ListRunsQuery, RunResult, StartRunRequest
 from serve_app.runtime import tracing
 from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.spec import WorkflowSpec
 from serve_app.workflow.state import RunStatus
 
 
@@ -54,16 +57,31 @@ class RunService:
         started = time.perf_counter()
         status = RunStatus(query.status) if query.status else None
         runs = await self.engine.list(
-            status=status, workflow=query.workflow, parent_run_id=query.parent_run_id, limit=query.limit
+            status=status, workflow=query.workflow, parent_run_id=query.parent_run_id, limit=query.limit, before=query.before
         )
         return self._ok(started, runs=[r.public() for r in runs])
 
     def definitions(self) -> list[dict[str, Any]]:
-        return [spec.model_dump(mode="json") for spec in self.engine.workflows.values()]
+        return [_document(spec) for spec in self.engine.workflows.values()]
 
     def definition(self, name: str) -> dict[str, Any]:
         spec = self.engine.workflows.get(name)
         if spec is None:
             raise NotFound(f"unknown workflow {name!r}", details={"known_workflows": sorted(self.engine.workflows)})
-        return spec.model_dump(mode="json")
+        return _document(spec)
+
+
+class WorkflowDocument(WorkflowSpec):
+    """A definition as clients see it: the spec, plus each step's upstream steps worked out."""
+
+    dependencies: dict[str, list[str]] = Field(
+        description="step -> the steps it waits for (depends_on, references, conditions, map lists): "
+        "what a console draws the DAG from."
+    )
+
+
+def _document(spec: WorkflowSpec) -> dict[str, Any]:
+    deps = spec.dependencies()
+    doc = WorkflowDocument(**dict(spec), dependencies={name: sorted(deps[name]) for name in deps})
+    return doc.model_dump(mode="json")
 

@@ -224,8 +224,11 @@ class RunEngine:
         workflow: str | None = None,
         parent_run_id: str | None = None,
         limit: int = 50,
+        before: float | None = None,
     ) -> list[RunState]:
-        return await self._store.list_runs(status=status, workflow=workflow, parent_run_id=parent_run_id, limit=limit)
+        return await self._store.list_runs(
+            status=status, workflow=workflow, parent_run_id=parent_run_id, limit=limit, before=before
+        )
 
     async def resume(self) -> list[str]:
         """Claim unfinished runs whose owner's lease lapsed, and execute them here."""

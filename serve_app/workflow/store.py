@@ -62,7 +62,9 @@ class RunStore(Protocol):
         workflow: str | None = None,
         parent_run_id: str | None = None,
         limit: int = 50,
-    ) -> list[RunState]: ...
+        before: float | None = None,
+    ) -> list[RunState]:
+        """Newest first; ``before`` pages: only runs created before that time."""
     async def save_run(self, run: RunState, lease: Lease) -> None:
         """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not ``lease``'s."""
 
@@ -396,14 +398,19 @@ class SqliteRunStore:
         workflow: str | None = None,
         parent_run_id: str | None = None,
         limit: int = 50,
+        before: float | None = None,
     ) -> list[RunState]:
         def op() -> list[RunState]:
-            clauses, params = [], []
-            for column, value in (
-                ("status", status.value if status else None), ("workflow", workflow), ("parent_run_id", parent_run_id)
+            clauses: list[str] = []
+            params: list[Any] = []
+            for clause, value in (
+                ("status = ?", status.value if status else None),
+                ("workflow = ?", workflow),
+                ("parent_run_id = ?", parent_run_id),
+                ("created_at < ?", before),
             ):
                 if value is not None:
-                    clauses.append(f"{column} = ?")
+                    clauses.append(clause)
                     params.append(value)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             rows = self._db.execute(
@@ -593,6 +600,7 @@ class MemoryRunStore:
         workflow: str | None = None,
         parent_run_id: str | None = None,
         limit: int = 50,
+        before: float | None = None,
     ) -> list[RunState]:
         runs = [
             r
@@ -600,6 +608,7 @@ class MemoryRunStore:
             if (status is None or r.status is status)
             and (workflow is None or r.workflow == workflow)
             and (parent_run_id is None or r.parent_run_id == parent_run_id)
+            and (before is None or r.created_at < before)
         ]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return [self._copy(r) for r in runs[:limit]]

@@ -203,13 +203,21 @@ class PostgresRunStore:
         workflow: str | None = None,
         parent_run_id: str | None = None,
         limit: int = 50,
+        before: float | None = None,
     ) -> list[RunState]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[RunState]:
             cur = await conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE (%(status)s::text IS NULL OR status = %(status)s)"
                 " AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)"
-                " AND (%(parent)s::text IS NULL OR parent_run_id = %(parent)s) ORDER BY created_at DESC LIMIT %(limit)s",
-                {"status": status.value if status else None, "workflow": workflow, "parent": parent_run_id, "limit": limit},
+                " AND (%(parent)s::text IS NULL OR parent_run_id = %(parent)s)"
+                " AND (%(before)s::float8 IS NULL OR created_at < %(before)s) ORDER BY created_at DESC LIMIT %(limit)s",
+                {
+                    "status": status.value if status else None,
+                    "workflow": workflow,
+                    "parent": parent_run_id,
+                    "before": before,
+                    "limit": limit,
+                },
             )
             rows = await cur.fetchall()
             cur = await conn.execute(

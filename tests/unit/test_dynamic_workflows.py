@@ -561,3 +561,21 @@ async def test_step_priority_when_the_step_slots_are_saturated(store: RunStore, 
     assert all(r.status is RunStatus.SUCCEEDED for r in done)
     starts = {r.input.get("text"): r.step("hello").finished_at for r in done[1:]}
     assert starts["high"] < starts["mid"] < starts["low"]  # type: ignore[operator]
+
+
+@pytest.mark.anyio
+async def test_listing_pages_with_before(engine: RunEngine) -> None:
+    ids = []
+    for i in range(5):
+        run, _ = await engine.start("child", {"text": f"t{i}"})
+        ids.append(run.run_id)
+        await asyncio.sleep(0.002)  # distinct created_at
+    seen: list[str] = []
+    before = None
+    while True:
+        page = await engine.list(workflow="child", limit=2, before=before)
+        if not page:
+            break
+        seen += [r.run_id for r in page]
+        before = page[-1].created_at
+    assert seen == list(reversed(ids))  # every run once, newest first
