@@ -74,7 +74,7 @@ class RunService:
 class WorkflowDocument(WorkflowSpec):
     """A definition as clients see it: the spec, plus each step's upstream steps worked out."""
 
-    dependencies: dict[str, list[str]] = Field(
+    upstream: dict[str, list[str]] = Field(
         description="step -> the steps it waits for (depends_on, references, conditions, map lists): "
         "what a console draws the DAG from."
     )
@@ -82,6 +82,6 @@ class WorkflowDocument(WorkflowSpec):
 
 def _document(spec: WorkflowSpec) -> dict[str, Any]:
     deps = spec.dependencies()
-    doc = WorkflowDocument(**dict(spec), dependencies={name: sorted(deps[name]) for name in deps})
+    doc = WorkflowDocument(**dict(spec), upstream={name: sorted(deps[name]) for name in deps})
     return doc.model_dump(mode="json")
 

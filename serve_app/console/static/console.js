@@ -44,6 +44,11 @@ function append(el, children) {
   }
 }
 
+function field(text, control) {
+  // A label of its own (its name is exactly ``text``) beside its control.
+  return h("div", { class: "field" }, h("label", { for: control.id }, text), control);
+}
+
 function badge(status) {
   const s = String(status || "unknown");
   return h("span", { class: `badge s-${s.replace(/[^a-z_]/g, "")}` }, s);
@@ -51,7 +56,16 @@ function badge(status) {
 
 function when(ts) {
   if (ts === null || ts === undefined) return "—";
-  return new Date(ts * 1000).toLocaleString();
+  const d = new Date(ts * 1000);
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function replicaText(replicas) {
+  // {"RUNNING": 2} or {target, running} -> "2 running" / "1 of 2 running"
+  if (!replicas || typeof replicas !== "object") return "—";
+  if ("target" in replicas || "running" in replicas) return `${replicas.running ?? "?"} of ${replicas.target ?? "?"} running`;
+  const parts = Object.entries(replicas).map(([state, n]) => `${n} ${String(state).toLowerCase()}`);
+  return parts.length ? parts.join(", ") : "none (scaled to zero)";
 }
 
 function ms(value) {
@@ -183,7 +197,7 @@ function showLogin(message) {
         render();
       },
     },
-    h("label", { for: "token" }, "API token (Authorization: Bearer …)", input),
+    field("API token (Authorization: Bearer …)", input),
     h("p", {}, h("button", { type: "submit" }, "Continue")),
   );
   show(h("h1", {}, "Sign in"), h("p", { class: "notice", role: "alert" }, `The API needs a bearer token: ${message}`), form);
@@ -215,11 +229,11 @@ function statusSections(doc) {
     const replicas = details.replicas || (serveState.replica_states ? serveState.replica_states : null);
     const last = details.last_error ? `${details.last_error} (${when(details.last_error_at)})` : "—";
     return [
-      name,
+      h("span", { class: "name" }, name),
       badge(c.status),
       c.error || "—",
       when(c.since),
-      replicas ? JSON.stringify(replicas) : "—",
+      replicaText(replicas),
       last,
     ];
   });
@@ -241,7 +255,7 @@ function statusSections(doc) {
       { class: "cards" },
       h("div", { class: "card" }, h("h3", {}, "Throughput"), `${total} tasks, ${failed} failed · ${(total / (history.length * bucketS || 1)).toFixed(2)}/s`),
       h("div", { class: "card" }, h("h3", {}, "Latency (last minute)"), `mean ${ms(mean)} · max ${ms(latest.length ? Math.max(...latest.map((b) => b.max_ms)) : null)}`),
-      h("div", { class: "card" }, h("h3", {}, "In flight"), JSON.stringify(tasks.inflight || {})),
+      h("div", { class: "card" }, h("h3", {}, "In flight"), Object.entries(tasks.inflight || {}).map(([pool, n]) => `${pool}: ${n}`).join(", ") || "none"),
     ),
     h(
       "div",
@@ -276,8 +290,8 @@ async function runsPage({ query, live }) {
   const filters = h(
     "form",
     { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); go({}); } },
-    h("label", { for: "f-status" }, "Status", statusSel),
-    h("label", { for: "f-workflow" }, "Workflow", wfSel),
+    field("Status", statusSel),
+    field("Workflow", wfSel),
     h("button", { type: "submit" }, "Filter"),
   );
   if (!doc.success) return show(h("h1", {}, "Runs"), filters, errorBox(doc.error));
@@ -352,7 +366,7 @@ async function runPage({ args: [runId], live }) {
       h("p", {}, cancel),
       errorBox(run.error),
       h("h2", {}, "Steps"),
-      dag(def ? def.dependencies : {}, run.steps.map((s) => s.name), Object.fromEntries(run.steps.map((s) => [s.name, s]))),
+      dag(def ? def.upstream : {}, run.steps.map((s) => s.name), Object.fromEntries(run.steps.map((s) => [s.name, s]))),
       table(["step", "runs", "status", "attempts", "duration", "progress", "error / child"], run.steps.map(stepRow), { narrow: [1] }),
       kids.length ? [h("h2", {}, `Child runs (${kids.length})`), table(["run", "workflow", "step", "status"], kids.map((c) => [runLink(c.run_id, c.run_id.slice(0, 12)), c.workflow, c.parent_step, badge(c.status)]))] : null,
       h("h2", {}, "Input"),
@@ -394,7 +408,7 @@ const definitions = new Map();
 async function definitionOf(name) {
   if (!definitions.has(name)) {
     const { doc } = await api(`v1/workflows/${encodeURIComponent(name)}`);
-    definitions.set(name, doc && doc.dependencies ? doc : null);
+    definitions.set(name, doc && doc.upstream ? doc : null);
   }
   return definitions.get(name);
 }
@@ -479,7 +493,7 @@ async function workflowPage({ args: [name], live }) {
   if (!doc.steps) return show(h("h1", {}, name), errorBox(doc.error));
   const input = h("textarea", { id: "run-input", name: "input", spellcheck: "false" }, JSON.stringify(skeleton(doc.input_schema), null, 2));
   const priority = h("select", { id: "run-priority", name: "priority" }, h("option", { value: "" }, "workflow default"), [1, 2, 3].map((p) => h("option", { value: p }, String(p))));
-  const problem = h("div", { role: "alert" });
+  const problem = h("div", { "aria-live": "polite" });
   const form = h(
     "form",
     {
@@ -505,8 +519,8 @@ async function workflowPage({ args: [name], live }) {
         location.hash = `#/runs/${encodeURIComponent(res.run_id)}`;
       },
     },
-    h("label", { for: "run-input" }, "Run input (JSON)", input),
-    h("div", { class: "toolbar" }, h("label", { for: "run-priority" }, "Priority", priority), h("button", { type: "submit", id: "start-run" }, "Start run")),
+    field("Run input (JSON)", input),
+    h("div", { class: "toolbar" }, field("Priority", priority), h("button", { type: "submit", id: "start-run" }, "Start run")),
     problem,
   );
   show(
@@ -514,7 +528,7 @@ async function workflowPage({ args: [name], live }) {
     doc.description ? h("p", {}, doc.description) : null,
     doc.concurrency ? h("p", { class: "muted" }, `Concurrency: key ${doc.concurrency.key || "(whole workflow)"}, at most ${doc.concurrency.max_runs} at once`) : null,
     h("h2", {}, "Steps"),
-    dag(doc.dependencies || {}, doc.steps.map((s) => s.name), {}),
+    dag(doc.upstream || {}, doc.steps.map((s) => s.name), {}),
     table(
       ["step", "runs", "map", "when"],
       doc.steps.map((s) => [s.name, s.task_type || `workflow:${s.workflow}`, s.map ? `over ${s.map.over}, ${s.map.max_parallel} at once` : "", s.when || ""]),
