@@ -242,6 +242,7 @@ function statusSections(doc) {
   const total = history.reduce((n, b) => n + b.tasks, 0);
   const failed = history.reduce((n, b) => n + b.failed, 0);
   const peak = Math.max(1, ...history.map((b) => b.tasks));
+  const slowest = Math.max(1, ...history.map((b) => b.mean_ms || 0));
   const bucketS = (tasks.history && tasks.history.bucket_s) || 10;
   const latest = history.filter((b) => b.tasks).slice(-6);
   const mean = latest.length ? latest.reduce((n, b) => n + b.mean_ms * b.tasks, 0) / latest.reduce((n, b) => n + b.tasks, 0) : null;
@@ -259,8 +260,19 @@ function statusSections(doc) {
     ),
     h(
       "div",
-      { class: "card", role: "img", "aria-label": `tasks per ${bucketS} seconds over the last 10 minutes` },
-      h("div", { class: "spark" }, history.map((b) => h("span", { class: b.failed ? "fail" : null, title: `${new Date(b.start * 1000).toLocaleTimeString()}: ${b.tasks} tasks, ${b.failed} failed`, css: { height: `${Math.round((100 * b.tasks) / peak)}%` } }))),
+      { class: "cards" },
+      h(
+        "div",
+        { class: "card", role: "img", "aria-label": `tasks per ${bucketS} seconds over the last 10 minutes` },
+        h("h3", {}, `Tasks per ${bucketS} s`),
+        h("div", { class: "spark" }, history.map((b) => h("span", { class: b.failed ? "fail" : null, title: `${new Date(b.start * 1000).toLocaleTimeString()}: ${b.tasks} tasks, ${b.failed} failed`, css: { height: `${Math.round((100 * b.tasks) / peak)}%` } }))),
+      ),
+      h(
+        "div",
+        { class: "card", role: "img", "aria-label": `mean task latency per ${bucketS} seconds over the last 10 minutes` },
+        h("h3", {}, "Mean latency"),
+        h("div", { class: "spark" }, history.map((b) => h("span", { title: `${new Date(b.start * 1000).toLocaleTimeString()}: mean ${ms(b.mean_ms)}, max ${ms(b.max_ms)}`, css: { height: `${b.mean_ms ? Math.max(2, Math.round((100 * b.mean_ms) / slowest)) : 0}%` } }))),
+      ),
     ),
     h("h2", {}, "Cluster resources"),
     resources.error ? errorBox({ code: "unavailable", message: resources.error }) : json(resources),
