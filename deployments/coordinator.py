@@ -116,6 +116,9 @@ class Coordinator:
     async def ListRuns(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
         return await self._grpc.handle("ListRuns", request, grpc_context)
 
+    async def SendSignal(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
+        return await self._grpc.handle("SendSignal", request, grpc_context)
+
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))
         raw = await await_response(response, target=pool_deployment_name(pool))

@@ -4,6 +4,7 @@
     serveflow submit echo --payload '{"message": "hi"}'
     serveflow run-workflow fanout --input '{"seconds": 1}' --wait
     serveflow get-run RUN_ID | cancel-run RUN_ID | list-runs | workflows
+    serveflow signal RUN_ID NAME --payload '{"approved": true}'
 
 The base URL comes from ``--url`` or ``SERVEFLOW_URL`` (default http://127.0.0.1:8000).
 """
@@ -65,11 +66,15 @@ def status_exit_code(doc: dict[str, Any]) -> int:
     return EXIT_UNHEALTHY
 
 
-def _json_arg(raw: str, what: str) -> dict[str, Any]:
+def _json_value(raw: str, what: str) -> Any:
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except ValueError as exc:
         raise SystemExit(f"serveflow: {what} is not valid JSON: {exc}") from None
+
+
+def _json_arg(raw: str, what: str) -> dict[str, Any]:
+    value = _json_value(raw, what)
     if not isinstance(value, dict):
         raise SystemExit(f"serveflow: {what} must be a JSON object")
     return value
@@ -103,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     lr.add_argument("--workflow")
     lr.add_argument("--limit", type=int, default=20)
     lr.add_argument("--parent", help="only the child runs of this run")
+    sg = sub.add_parser("signal", help="deliver a named signal to a run")
+    sg.add_argument("run_id")
+    sg.add_argument("name")
+    sg.add_argument("--payload", default="null", help="JSON value")
+    sg.add_argument("--signal-id", help="the same id again is ignored")
     sub.add_parser("workflows", help="list workflow definitions")
     ld = sub.add_parser("load", help="send bounded load and print a summary")
     ld.add_argument("--protocol", choices=("http", "grpc"), default="http")
@@ -172,6 +182,11 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
         doc = http.get(f"/v1/runs/{args.run_id}").json()
     elif args.command == "cancel-run":
         doc = http.post(f"/v1/runs/{args.run_id}/cancel").json()
+    elif args.command == "signal":
+        body = {"payload": _json_value(args.payload, "--payload")}
+        if args.signal_id:
+            body["signal_id"] = args.signal_id
+        doc = http.post(f"/v1/runs/{args.run_id}/signals/{args.name}", json=body).json()
     elif args.command == "list-runs":
         given = {"status": args.status, "workflow": args.workflow, "limit": args.limit, "parent_run_id": args.parent}
         params = {k: v for k, v in given.items() if v}

@@ -93,6 +93,10 @@ def _start_request(
     )
 
 
+def _signal_request(run_id: str, name: str, payload: Any, signal_id: str | None) -> pb.SignalRequest:
+    return pb.SignalRequest(run_id=run_id, name=name, signal_id=signal_id or "", payload_json=json.dumps(payload))
+
+
 def _list_request(status: str, workflow: str, limit: int, parent_run_id: str, before: float) -> pb.ListRunsRequest:
     return pb.ListRunsRequest(status=status, workflow=workflow, limit=limit, parent_run_id=parent_run_id, before=before)
 
@@ -215,6 +219,12 @@ class ServeflowClient(_Base):
         """Newest first; for the next page pass ``before`` = the last run's ``created_at``."""
         return self._run_rpc(self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id, before), timeout_s)
 
+    def send_signal(
+        self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None, timeout_s: float = 10.0
+    ) -> RunResult:
+        """Deliver signal ``name`` to a run; ``created`` is False when ``signal_id`` was seen before."""
+        return self._run_rpc(self._stub.SendSignal, _signal_request(run_id, name, payload, signal_id), timeout_s)
+
     def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The service's status document (as GET /v1/status)."""
         reply = self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)
@@ -303,6 +313,11 @@ class AsyncServeflowClient(_Base):
         return await self._run_rpc(
             self._stub.ListRuns, _list_request(status, workflow, limit, parent_run_id, before), timeout_s
         )
+
+    async def send_signal(
+        self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None, timeout_s: float = 10.0
+    ) -> RunResult:
+        return await self._run_rpc(self._stub.SendSignal, _signal_request(run_id, name, payload, signal_id), timeout_s)
 
     async def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         reply = await self._stub.GetStatus(pb.StatusRequest(), timeout=timeout_s, metadata=self._metadata)

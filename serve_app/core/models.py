@@ -92,6 +92,17 @@ class StartRunRequest(BaseModel):
     )
 
 
+class SignalRequest(BaseModel):
+    """Body of POST /v1/runs/{run_id}/signals/{name} (gRPC SendSignal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = Field(None, description="Any JSON value: the result of the step that waits for the signal.")
+    signal_id: str | None = Field(
+        None, min_length=1, max_length=128, pattern=NAME_PATTERN, description="The same id again is ignored (created: false)."
+    )
+
+
 class ListRunsQuery(BaseModel):
     """Query of GET /v1/runs (gRPC ListRuns). Unknown parameters are ignored (cache busters)."""
 

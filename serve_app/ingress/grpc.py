@@ -98,6 +98,11 @@ def _run_inputs(request: pb.RunRequest) -> dict[str, Any]:
     return {"params": {"run_id": request.run_id}}
 
 
+def _signal_inputs(request: pb.SignalRequest) -> dict[str, Any]:
+    body = GrpcBody(request.ByteSize(), _given(signal_id=request.signal_id), {"payload": ("payload_json", request.payload_json)})
+    return {"params": {"run_id": request.run_id, "name": request.name}, "body": body}
+
+
 def _list_inputs(request: pb.ListRunsRequest) -> dict[str, Any]:
     return {
         "query": _given(
@@ -128,6 +133,7 @@ RPCS: dict[str, Rpc] = {
     "GetRun": Rpc("getRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
     "CancelRun": Rpc("cancelRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
     "ListRuns": Rpc("listRuns", _list_inputs, codec.run_to_proto, codec.run_to_proto),
+    "SendSignal": Rpc("signalRun", _signal_inputs, codec.run_to_proto, codec.run_to_proto),
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from serve_app.core.errors import MethodNotAllowed, NotFound, NotReady
-from serve_app.core.models import ListRunsQuery, RunResult, StartRunRequest, TaskRequest
+from serve_app.core.models import ListRunsQuery, RunResult, SignalRequest, StartRunRequest, TaskRequest
 from serve_app.ingress.pipeline import Call, Operation, Reply
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.workflow.api import RunService
@@ -51,6 +51,7 @@ ROUTES: tuple[HttpRoute, ...] = (
     HttpRoute("GET", "/v1/runs", "listRuns", errors=(422, *_RUN_ERRORS)),
     HttpRoute("GET", "/v1/runs/{run_id}", "getRun", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/runs/{run_id}/cancel", "cancelRun", errors=_RUN_ERRORS),
+    HttpRoute("POST", "/v1/runs/{run_id}/signals/{name}", "signalRun", errors=(*_BODY_ERRORS, 409, *_RUN_ERRORS)),
 )
 
 
@@ -105,6 +106,9 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
     async def cancel_run(call: Call) -> Reply:
         return Reply(await _runs(backend).cancel(call.params["run_id"]))
 
+    async def signal_run(call: Call) -> Reply:
+        return Reply(await _runs(backend).signal(call.params["run_id"], call.params["name"], call.body))
+
     async def no_route(call: Call) -> Reply:
         raise NotFound(f"no route for {call.params['path']}")
 
@@ -124,6 +128,9 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
         Operation("listRuns", list_runs, RunResult, query=ListRunsQuery, summary="Recent runs, newest first"),
         Operation("getRun", get_run, RunResult, summary="A run with per-step state"),
         Operation("cancelRun", cancel_run, RunResult, summary="Cancel a run; idempotent"),
+        Operation(
+            "signalRun", signal_run, RunResult, body=SignalRequest, summary="Deliver a named signal to a run (kept until a step takes it)"
+        ),
         Operation("noRoute", no_route),
         Operation("methodNotAllowed", no_method),
     ]

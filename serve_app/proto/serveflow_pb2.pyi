@@ -83,6 +83,18 @@ class RunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
+class SignalRequest(_message.Message):
+    __slots__ = ("run_id", "name", "signal_id", "payload_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    signal_id: str
+    payload_json: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., signal_id: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
 class ListRunsRequest(_message.Message):
     __slots__ = ("status", "workflow", "limit", "parent_run_id", "before")
     STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class TaskServiceStub:
                 request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
                 _registered_method=True)
+        self.SendSignal = channel.unary_unary(
+                '/serveflow.TaskService/SendSignal',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -111,6 +116,13 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendSignal(self, request, context):
+        """Deliver a named signal (JSON payload) to a run; kept until a step waiting for it takes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +154,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
                     request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'SendSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSignal,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.FromString,
                     response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
             ),
     }
@@ -306,6 +323,33 @@ class TaskService:
             target,
             '/serveflow.TaskService/ListRuns',
             serve__app_dot_proto_dot_serveflow__pb2.ListRunsRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/SendSignal',
+            serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
             serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
             options,
             channel_credentials,

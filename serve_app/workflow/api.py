@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from serve_app.core.errors import NotFound, classify
-from serve_app.core.models import ListRunsQuery, RunResult, StartRunRequest
+from serve_app.core.models import ListRunsQuery, RunResult, SignalRequest, StartRunRequest
 from serve_app.runtime import tracing
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import WorkflowSpec
@@ -52,6 +52,11 @@ class RunService:
         started = time.perf_counter()
         run = await self.engine.cancel(run_id)
         return self._ok(started, run_id=run.run_id, workflow=run.workflow, run=run.public())
+
+    async def signal(self, run_id: str, name: str, req: SignalRequest) -> RunResult:
+        started = time.perf_counter()
+        run, created = await self.engine.signal(run_id, name, req.payload, signal_id=req.signal_id)
+        return self._ok(started, run_id=run.run_id, workflow=run.workflow, created=created, run=run.public())
 
     async def list(self, query: ListRunsQuery) -> RunResult:
         started = time.perf_counter()

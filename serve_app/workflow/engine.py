@@ -30,7 +30,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
 from serve_app.core import jsonio
-from serve_app.core.errors import ErrorCode, NotFound, ServeflowError, ValidationFailed
+from serve_app.core.errors import Conflict, ErrorCode, NotFound, ServeflowError, ValidationFailed
 from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.runtime import tracing
@@ -43,6 +43,8 @@ from serve_app.workflow.spec import (
     WorkflowSpec,
     concurrency_key,
     map_items,
+    parse_duration,
+    parse_instant,
     resolve,
 )
 from serve_app.workflow.state import MapProgress, RunState, RunStatus, StepState, StepStatus
@@ -56,6 +58,8 @@ _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("servef
 _CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
 # How often a parent looks at a child run that another Coordinator drives.
 _CHILD_POLL_S = 0.25
+# The wake time of a run parked on signals that have no timeout (woken by the signal itself).
+_NEVER = 1e12
 # Errors that mean the task was refused before it ran.
 _NOT_STARTED = (ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value)
 # Between tries of a step whose pool refused it (starting, queue full).
@@ -105,6 +109,8 @@ class RunEngine:
         self._inputs = {n: InputSchema(n, s.input_schema) for n, s in self._workflows.items() if s.input_schema is not None}
         self._closing = False
         self.gate = PriorityGate(max_inflight_steps)
+        self._poke: dict[str, asyncio.Event] = {}  # set when a signal for a run driven here arrives
+        self._timers: set[asyncio.TimerHandle] = set()
 
     @property
     def workflows(self) -> dict[str, WorkflowSpec]:
@@ -185,14 +191,18 @@ class RunEngine:
         return run
 
     async def wait(self, run_id: str, timeout_s: float) -> RunState:
-        """The run's state once it is finished, or as it is after ``timeout_s``."""
-        if run_id in self._active:
-            await self._settle(run_id, timeout_s)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while not (await self.get(run_id)).status.terminal and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-        return await self.get(run_id)
+        """The run's state once it is finished, or as it is after ``timeout_s``. A run may stop
+        being driven here without finishing (parked on a sleep or a signal, or taken over)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = await self.get(run_id)
+            left = deadline - time.monotonic()
+            if run.status.terminal or left <= 0:
+                return run
+            if run_id in self._active:
+                await self._settle(run_id, left)
+            else:
+                await asyncio.sleep(min(0.2, left))
 
     async def cancel(self, run_id: str, *, wait_s: float = 10.0) -> RunState:
         """Cancel a run: in-flight steps are cancelled, pending ones never start. Idempotent."""
@@ -203,10 +213,35 @@ class RunEngine:
             return await self.get(run_id)  # nobody drove it: it ends here
         await self._store.request_cancel(run_id)
         event = self._cancel.get(run_id)
+        if event is None and await self._store.wake(run_id):  # parked: claim it, so it ends now
+            await self.resume()
+            event = self._cancel.get(run_id)
         if event is not None:  # executing here: stop it now
             event.set()
             await self._settle(run_id, wait_s)
         return await self.get(run_id)
+
+    async def signal(self, run_id: str, name: str, payload: Any, *, signal_id: str | None = None) -> tuple[RunState, bool]:
+        """Deliver signal ``name`` to a run: kept until a step waiting for it takes it (it may come
+        before the run reaches that step); the same ``signal_id`` again is ignored (False)."""
+        run = await self.get(run_id)
+        spec = WorkflowSpec.model_validate_json(await self._store.get_spec(run_id))
+        names = sorted({s.wait_for.signal for s in spec.steps if s.wait_for is not None})
+        if name not in names:
+            raise NotFound(
+                f"run {run_id} ({run.workflow}) waits for no signal {name!r}", details={"signals": names, "run_id": run_id}
+            )
+        if run.status.terminal:
+            raise Conflict(f"run {run_id} is {run.status.value}; it takes no more signals", details={"run_id": run_id})
+        jsonio.checked(payload, lambda why: ValidationFailed(f"signal payload cannot be stored: {why}"))
+        created = await self._store.add_signal(run_id, name, signal_id or uuid.uuid4().hex, payload, self._clock())
+        if created:
+            poke = self._poke.get(run_id)
+            if poke is not None:
+                poke.set()  # driven here: look now
+            else:
+                await self.resume()  # parked: claim it now rather than at the next lease tick
+        return await self.get(run_id), created
 
     async def _settle(self, run_id: str, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for this engine's execution of ``run_id`` to end (without cancelling it)."""
@@ -260,6 +295,8 @@ class RunEngine:
         """Stop executing; the runs stay unfinished in the store and their leases are
         released so the next owner resumes them at once. Claims nothing after it starts."""
         self._closing = True
+        for timer in self._timers:
+            timer.cancel()
         active = dict(self._active)
         leases = {run_id: self._lease(run_id) for run_id in active}
         for t in active.values():
@@ -282,6 +319,7 @@ class RunEngine:
             self._active[run_id].cancel()
         self._epochs[run_id] = epoch
         self._cancel[run_id] = asyncio.Event()
+        self._poke[run_id] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._execute(run_id, spec, epoch), name=f"run-{run_id}")
         self._active[run_id] = task
 
@@ -292,6 +330,7 @@ class RunEngine:
             self._cancel.pop(run_id, None)
             self._epochs.pop(run_id, None)
             self._cancel_checked.pop(run_id, None)
+            self._poke.pop(run_id, None)
             if not t.cancelled() and t.exception() is not None:
                 logger.error("run %s crashed", run_id, exc_info=t.exception())
 
@@ -318,49 +357,81 @@ class RunEngine:
         results = {s.name: s.result for s in run.steps if s.status is StepStatus.SUCCEEDED}
         scheduler = Scheduler([s.name for s in spec.steps], spec.dependencies(), {n: st.status for n, st in states.items()})
         running: dict[asyncio.Task[StepState], str] = {}
-        cancel_event = self._cancel[run.run_id]
+        waiting: dict[str, float | None] = {}  # steps waiting for time or a signal -> their deadline
+        cancel_event, poke = self._cancel[run.run_id], self._poke[run.run_id]
         fatal: StepState | None = None
         cancelled = False
         changes = scheduler.start()
+        signals_checked = 0.0
+
+        def ended(st: StepState) -> None:
+            nonlocal fatal
+            states[st.name] = st
+            if st.status is StepStatus.SUCCEEDED:
+                results[st.name] = st.result
+            elif st.status is StepStatus.FAILED and steps[st.name].on_failure == "fail_run" and fatal is None:
+                fatal = st
+            more = scheduler.finished(st.name, st.status)
+            changes.ready += more.ready
+            changes.skipped += more.skipped
+
         try:
             while True:
                 if cancel_event.is_set() or await self._remote_cancel(run.run_id):
                     cancelled = True
                     break
                 if fatal is None:
-                    for name in changes.skipped:  # upstream failed (continue) or was skipped
+                    ready, skipped = changes.ready, changes.skipped
+                    changes = Changes()
+                    for name in skipped:  # upstream failed (continue) or was skipped
                         await self._close_step(run.run_id, states[name], StepStatus.SKIPPED)
-                    for name in changes.ready:
+                    for name in ready:
+                        if steps[name].waits:
+                            deadline = await self._begin_wait(run, steps[name], states[name], results)
+                            if states[name].status.terminal:
+                                ended(states[name])
+                            else:
+                                waiting[name] = deadline
+                            continue
                         # A step recorded as running was in flight when a previous owner stopped: it runs again.
                         task = asyncio.get_running_loop().create_task(
                             self._run_step(run, spec, steps[name], states[name], results)
                         )
                         running[task] = name
-                    changes = Changes()
+                    if waiting:
+                        # Signals are read when poked, every cancel_poll_s, and always before parking.
+                        look = poke.is_set() or not running or time.monotonic() - signals_checked >= self._cancel_poll_s
+                        if look:
+                            poke.clear()
+                            signals_checked = time.monotonic()
+                        for name in await self._settle_waits(run, steps, states, waiting, look):
+                            del waiting[name]
+                            ended(states[name])
+                    if changes.ready or changes.skipped:
+                        continue  # start what the waits just released
                 if not running:
+                    if waiting and fatal is None:
+                        await self._park(run, steps, waiting)
+                        return  # parked: claimed again when it is due or a signal comes
                     break
-                waiter = asyncio.ensure_future(cancel_event.wait())
-                # The timeout bounds how late a cancel made through another replica is seen.
-                done, _ = await asyncio.wait(
-                    [*running, waiter], timeout=self._cancel_poll_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
+                waiters = [asyncio.ensure_future(cancel_event.wait()), asyncio.ensure_future(poke.wait())]
+                # The timeout bounds how late a cancel made through another replica (or a signal
+                # delivered to it) is seen, and wakes a sleep that ends while other steps run.
+                timeout = self._cancel_poll_s
+                due = [d for d in waiting.values() if d is not None]
+                if due:
+                    timeout = max(0.0, min(timeout, min(due) - self._clock()))
+                done, _ = await asyncio.wait([*running, *waiters], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
                 for task in done:
-                    if task is waiter:
+                    if task in waiters:
                         continue
                     name = running.pop(task)  # type: ignore[arg-type]
                     if task.cancelled():  # cancelled after a fatal failure elsewhere
                         await self._end_interrupted(run.run_id, states[name], results)
                         continue
-                    st = task.result()  # type: ignore[assignment]
-                    states[name] = st
-                    if st.status is StepStatus.SUCCEEDED:
-                        results[name] = st.result
-                    elif st.status is StepStatus.FAILED and steps[name].on_failure == "fail_run" and fatal is None:
-                        fatal = st
-                    more = scheduler.finished(name, st.status)
-                    changes.ready += more.ready
-                    changes.skipped += more.skipped
+                    ended(task.result())  # type: ignore[arg-type]
                 if fatal is not None and running:
                     for task in running:
                         task.cancel()
@@ -373,6 +444,105 @@ class RunEngine:
         for name in running.values():
             await self._end_interrupted(run.run_id, states[name], results)
         await self._finish(run, spec, states, results, fatal, cancelled)
+
+    # ------------------------------------------------------------------ waits: sleep, sleep_until, wait_for
+
+    async def _begin_wait(self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any]) -> float | None:
+        """Start (or, after a restart, pick up) a waiting step; returns its deadline. The deadline
+        is recorded with the step, so a resumed run wakes when it was due, not later."""
+        lease = self._lease(run.run_id)
+        if not await self._condition_holds(run, step, st, results, lease):
+            return None
+        if st.status is StepStatus.RUNNING and (st.wake_at is not None or step.wait_for is not None):
+            return st.wake_at  # resumed: the same deadline
+        now = self._clock()
+        try:
+            if step.sleep is not None:
+                deadline: float | None = now + parse_duration(resolve(step.sleep, run.input, results))
+            elif step.sleep_until is not None:
+                deadline = parse_instant(resolve(step.sleep_until, run.input, results))
+            else:
+                assert step.wait_for is not None
+                timeout = step.wait_for.timeout_s()
+                deadline = None if timeout is None else now + timeout
+        except (MissingValue, ValueError) as exc:
+            st.status, st.error = StepStatus.FAILED, _invalid(step, "sleep" if step.wait_for is None else "wait_for", exc)
+            st.started_at, st.finished_at = st.started_at or now, now
+            await self._store.save_step(run.run_id, st, lease)
+            return None
+        st.status, st.error, st.wake_at = StepStatus.RUNNING, None, deadline
+        st.started_at, st.attempts = st.started_at or now, max(st.attempts, 1)
+        await self._store.save_step(run.run_id, st, lease)  # write-ahead: the deadline is on record
+        return deadline
+
+    async def _settle_waits(
+        self,
+        run: RunState,
+        steps: Mapping[str, StepSpec],
+        states: Mapping[str, StepState],
+        waiting: Mapping[str, float | None],
+        look_for_signals: bool,
+    ) -> list[str]:
+        """End the waits that are over: a sleep whose time came, a signal that arrived (its payload
+        is the result), a signal wait past its timeout (failed or skipped, by its policy)."""
+        lease = self._lease(run.run_id)
+        now = self._clock()
+        over = []
+        for name, deadline in waiting.items():
+            step, st = steps[name], states[name]
+            if step.wait_for is not None:
+                found, payload = (False, None)
+                if look_for_signals or (deadline is not None and now >= deadline):
+                    found, payload = await self._store.take_signal(run.run_id, step.wait_for.signal, name, lease)
+                if found:
+                    st.status, st.result = StepStatus.SUCCEEDED, payload
+                elif deadline is not None and now >= deadline:
+                    if step.wait_for.on_timeout == "skip":
+                        st.status = StepStatus.SKIPPED
+                    else:
+                        st.status = StepStatus.FAILED
+                        st.error = ErrorInfo(
+                            code=ErrorCode.TIMEOUT.value,
+                            message=f"step {name!r}: no {step.wait_for.signal!r} signal within {step.wait_for.timeout}",
+                            retryable=False,
+                            details={"step": name, "signal": step.wait_for.signal},
+                        )
+                else:
+                    continue
+            elif deadline is None or now >= deadline:
+                st.status, st.result = StepStatus.SUCCEEDED, {"woke_at": now, "due_at": deadline}
+            else:
+                continue
+            st.finished_at = now
+            await self._store.save_step(run.run_id, st, lease)
+            over.append(name)
+        return over
+
+    async def _park(self, run: RunState, steps: Mapping[str, StepSpec], waiting: Mapping[str, float | None]) -> None:
+        """Nothing runs, something waits: give the run up until the first deadline (or a signal)."""
+        due = [d for d in waiting.values() if d is not None]
+        wake_at = min(due) if due else _NEVER
+        signals = sorted({steps[n].wait_for.signal for n in waiting if steps[n].wait_for is not None})  # type: ignore[union-attr]
+        await self._store.park(run.run_id, wake_at, signals, self._lease(run.run_id))
+        logger.info("run %s parked until %s (signals: %s)", run.run_id, wake_at, signals or "-")
+        if wake_at < _NEVER:
+            self._claim_at(wake_at)  # due: claimed here at once if this Coordinator still lives
+        if signals:
+            # A signal that came between the last look and the park made it claimable at once.
+            self._claim_at(self._clock() + self._cancel_poll_s)
+
+    def _claim_at(self, when: float) -> None:
+        """Look for claimable runs at ``when`` (the lease loop does it anyway, less often)."""
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def due_now() -> None:
+            self._timers.discard(timer)
+            if not self._closing:
+                loop.create_task(self.resume())
+
+        timer = loop.call_later(max(0.0, when - self._clock()) + 0.01, due_now)
+        self._timers.add(timer)
 
     async def _end_interrupted(self, run_id: str, st: StepState, results: dict[str, Any]) -> None:
         """Record a step whose task was cancelled: one that already has its outcome (it finished

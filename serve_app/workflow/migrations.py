@@ -90,6 +90,23 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             " WHERE concurrency_key IS NOT NULL",
         ),
     ),
+    (
+        4,
+        "durable waits: parked runs wake at wake_at; signals kept per run",
+        (
+            "ALTER TABLE runs ADD COLUMN wake_at REAL",
+            """CREATE TABLE IF NOT EXISTS signals (
+                run_id TEXT NOT NULL REFERENCES runs(run_id),
+                signal_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload_json TEXT,
+                received_at REAL NOT NULL,
+                consumed_by TEXT,
+                PRIMARY KEY (run_id, signal_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS signals_waiting ON signals(run_id, name, received_at)",
+        ),
+    ),
 )
 
 
@@ -164,6 +181,23 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id) WHERE parent_run_id IS NOT NULL",
             "CREATE INDEX IF NOT EXISTS runs_concurrency ON runs(concurrency_key, status, priority, created_at)"
             " WHERE concurrency_key IS NOT NULL",
+        ),
+    ),
+    (
+        4,
+        "durable waits: parked runs wake at wake_at; signals kept per run",
+        (
+            "ALTER TABLE runs ADD COLUMN IF NOT EXISTS wake_at DOUBLE PRECISION",
+            """CREATE TABLE IF NOT EXISTS signals (
+                run_id TEXT NOT NULL REFERENCES runs(run_id),
+                signal_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload_json TEXT,
+                received_at DOUBLE PRECISION NOT NULL,
+                consumed_by TEXT,
+                PRIMARY KEY (run_id, signal_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS signals_waiting ON signals(run_id, name, received_at)",
         ),
     ),
 )

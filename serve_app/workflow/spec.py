@@ -111,6 +111,62 @@ class ConcurrencySpec(_Strict):
     max_runs: int = Field(1, ge=1, le=100_000)
 
 
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
+MAX_WAIT_S = 366 * 24 * 3600.0  # a year
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in ``value``: a number of seconds, or text such as ``90s``, ``10m``, ``1h30m``, ``2d``.
+    ValueError when it is neither, negative, or longer than a year."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)) and any(m.groups()):
+        d, h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+        seconds = d * 86400 + h * 3600 + mi * 60 + se
+    else:
+        raise ValueError(f"{value!r} is not a duration (seconds, or text like 90s, 10m, 1h30m, 2d)")
+    if not 0 <= seconds <= MAX_WAIT_S:
+        raise ValueError(f"duration {value!r} is outside 0 s to one year")
+    return seconds
+
+
+def parse_instant(value: Any) -> float:
+    """Unix time from ``value``: a number (Unix seconds) or an ISO 8601 timestamp with its zone."""
+    from datetime import datetime
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                raise ValueError(f"timestamp {value!r} has no time zone (add Z or +hh:mm)")
+            return moment.timestamp()
+    raise ValueError(f"{value!r} is not a timestamp (Unix seconds, or ISO 8601 with a zone)")
+
+
+class WaitForSpec(_Strict):
+    """Wait for a named signal (POST /v1/runs/{id}/signals/{name}); its payload is the step's result."""
+
+    signal: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    timeout: str | float | None = Field(None, description="e.g. 24h; none: wait until the signal comes.")
+    on_timeout: Literal["fail", "skip"] = Field("fail", description="fail: the step fails (timeout); skip: it is skipped.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WaitForSpec:
+        if self.timeout is not None:
+            parse_duration(self.timeout)
+        return self
+
+    def timeout_s(self) -> float | None:
+        return None if self.timeout is None else parse_duration(self.timeout)
+
+
 class StepSpec(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     task_type: str | None = Field(None, min_length=1, max_length=128, pattern=NAME_PATTERN)
@@ -122,6 +178,13 @@ class StepSpec(_Strict):
         description="Run this workflow as a child run (its input is the step's input; its output is the step's result).",
     )
     map: MapSpec | None = Field(None, description="Run the task (or child workflow) once per element of a list.")
+    sleep: str | float | None = Field(
+        None, description="Wait this long, holding no worker: 90s, 10m, 1h30m, 2d, seconds, or ${input.x}."
+    )
+    sleep_until: str | float | None = Field(
+        None, description="Wait until this time: ISO 8601 with a zone, Unix seconds, or ${input.x}."
+    )
+    wait_for: WaitForSpec | None = Field(None, description="Wait for a named signal; its payload is the result.")
     input: dict[str, Any] = Field(default_factory=dict, description="Handler payload; values may be ${...} references.")
     depends_on: list[str] = Field(default_factory=list)
     timeout_s: float | None = Field(None, gt=0, le=3600, description="Deadline per attempt.")
@@ -139,16 +202,38 @@ class StepSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_target(self) -> StepSpec:
-        if (self.task_type is None) == (self.workflow is None):
-            raise ValueError("a step runs exactly one of task_type or workflow")
+        kinds = [k for k in ("task_type", "workflow", "sleep", "sleep_until", "wait_for") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a step has exactly one of task_type, workflow, sleep, sleep_until or wait_for"
+                + (f" (this one has {', '.join(kinds)})" if kinds else "")
+            )
         if self.workflow is not None and self.retry.max_attempts > 1:
             raise ValueError("a child workflow step is not retried as a whole; give the child's steps a retry policy")
+        if self.map is not None and self.task_type is None and self.workflow is None:
+            raise ValueError("map runs a task_type or a child workflow, not a sleep or a wait")
+        for key in ("sleep", "sleep_until"):
+            value = getattr(self, key)
+            if value is not None and parse_ref(value) is None:
+                (parse_duration if key == "sleep" else parse_instant)(value)  # a literal is checked now
         return self
 
     @property
+    def waits(self) -> bool:
+        """A step that waits for time or a signal instead of running anything."""
+        return self.sleep is not None or self.sleep_until is not None or self.wait_for is not None
+
+    @property
     def target(self) -> str:
-        """What the step runs, as stored and shown: the task type, or ``workflow:<name>``."""
-        return self.task_type if self.task_type is not None else f"workflow:{self.workflow}"
+        """What the step runs, as stored and shown: the task type, ``workflow:<name>``, ``sleep``
+        or ``signal:<name>``."""
+        if self.task_type is not None:
+            return self.task_type
+        if self.workflow is not None:
+            return f"workflow:{self.workflow}"
+        if self.wait_for is not None:
+            return f"signal:{self.wait_for.signal}"
+        return "sleep"
 
     def condition(self) -> Condition | None:
         return compile_condition(self.when) if self.when else None
@@ -181,7 +266,11 @@ class WorkflowSpec(_Strict):
         """step -> every step it waits for (explicit depends_on, references, and what its condition reads)."""
         return {
             s.name: set(s.depends_on)
-            | {ref[1] for ref in step_refs([s.input, s.map.over if s.map else None]) if ref[0] == "steps" and len(ref) > 1}
+            | {
+                ref[1]
+                for ref in step_refs([s.input, s.map.over if s.map else None, s.sleep, s.sleep_until])
+                if ref[0] == "steps" and len(ref) > 1
+            }
             | (_condition_steps(s))
             for s in self.steps
         }
@@ -435,6 +524,11 @@ def validate(spec: WorkflowSpec, known_task_types: Iterable[str] | None = None) 
             if problem:
                 problems.append(problem)
         problems.extend(_map_problems(where, s, seen))
+        for key in ("sleep", "sleep_until"):
+            for ref in step_refs(getattr(s, key)):
+                problem = _check_ref(f"{where} {key}", ref, seen)
+                if problem:
+                    problems.append(problem)
         problems.extend(_condition_problems(where, s, set(names)))
     problems.extend(_concurrency_problems(spec))
     for ref in step_refs(spec.output or {}):
@@ -515,6 +609,9 @@ class Workflow:
         *,
         workflow: str | None = None,
         map: MapSpec | Mapping[str, Any] | None = None,
+        sleep: str | float | None = None,
+        sleep_until: str | float | None = None,
+        wait_for: WaitForSpec | Mapping[str, Any] | None = None,
         depends_on: Iterable[StepRef | str] = (),
         timeout_s: float | None = None,
         retry: StepRetry | Mapping[str, Any] | None = None,
@@ -529,6 +626,9 @@ class Workflow:
                 "task_type": task_type,
                 "workflow": workflow,
                 "map": map,
+                "sleep": sleep,
+                "sleep_until": sleep_until,
+                "wait_for": wait_for,
                 "input": dict(input or {}),
                 "depends_on": [d.name if isinstance(d, StepRef) else d for d in depends_on],
                 "timeout_s": timeout_s,

@@ -65,6 +65,7 @@ class StepState(BaseModel):
     error: ErrorInfo | None = None
     map: MapProgress | None = None
     child_run_id: str | None = None
+    wake_at: float | None = Field(None, description="A sleep's end, or a signal wait's deadline (Unix time).")
 
     @property
     def duration_ms(self) -> float | None:

@@ -101,6 +101,22 @@ class RunStore(Protocol):
     async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
         """End a run that is still queued as cancelled (nobody drives it); False if it is not queued."""
 
+    async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
+        """Give the run up until ``wake_at`` (it is claimed again then, or sooner when woken):
+        a run waiting for time or a signal holds no lease and no Coordinator task. If one of
+        ``signals`` (the names its steps wait for) is already there, it is claimable at once."""
+
+    async def wake(self, run_id: str) -> bool:
+        """Make a parked run claimable now (a signal came, or a cancel)."""
+
+    async def add_signal(self, run_id: str, name: str, signal_id: str, payload: Any, at: float) -> bool:
+        """Keep a signal for the run (whether or not a step waits for it yet) and wake the run;
+        False when ``signal_id`` was already received (a duplicate, ignored)."""
+
+    async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
+        """The oldest unconsumed ``name`` signal, now consumed by ``step`` (or the one ``step``
+        consumed before a restart): ``(True, payload)``, or ``(False, None)`` if none came yet."""
+
     async def close(self) -> None: ...
 
 
@@ -118,8 +134,9 @@ class ItemOutcome:
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 
 
-def _dump(value: Any) -> str | None:
+def dump_json(value: Any) -> str | None:
     return None if value is None else jsonio.dumps(value)
+
 
 
 def _error(raw: str | None) -> ErrorInfo | None:
@@ -162,6 +179,31 @@ QUEUE_AHEAD_SQL = (
     "SELECT COUNT(*) FROM runs WHERE concurrency_key={p} AND status='queued' AND (priority > {p} OR (priority = {p}"
     " AND (created_at < {p} OR (created_at = {p} AND run_id < {p}))))"
 )
+def park_sql(p: str, signals: int) -> str:
+    """Park a run; it wakes at once if a signal it waits for came meanwhile. A signal is stored
+    (committed) before its run is woken, so either this statement sees it or the wake sees the park."""
+    names = f"signals.name IN ({', '.join([p] * signals)})" if signals else "FALSE"
+    return (
+        "UPDATE runs SET lease_until=0, wake_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE signals.run_id = runs.run_id"
+        f" AND signals.consumed_by IS NULL AND {names}) THEN 0 ELSE {p} END"
+        f" WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+    )
+
+
+
+WAKE_SQL = "UPDATE runs SET wake_at=0 WHERE run_id={p} AND wake_at IS NOT NULL"
+ADD_SIGNAL_SQL = (
+    "INSERT INTO signals (run_id, signal_id, name, payload_json, received_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+    " ON CONFLICT (run_id, signal_id) DO NOTHING"
+)
+TAKEN_SIGNAL_SQL = "SELECT payload_json FROM signals WHERE run_id={p} AND consumed_by={p}"
+NEXT_SIGNAL_SQL = (
+    "SELECT signal_id, payload_json FROM signals WHERE run_id={p} AND name={p} AND consumed_by IS NULL"
+    " ORDER BY received_at, signal_id LIMIT 1"
+)
+CONSUME_SIGNAL_SQL = "UPDATE signals SET consumed_by={p} WHERE run_id={p} AND signal_id={p}"
+# Claimable: unfinished, lease lapsed, and not parked until later.
+CLAIMABLE = "status IN ({p}, {p}) AND lease_until < {p} AND (wake_at IS NULL OR wake_at <= {p})"
 CANCEL_QUEUED_SQL = "UPDATE runs SET status='cancelled', error_json={p}, finished_at={p} WHERE run_id={p} AND status='queued'"
 
 
@@ -178,7 +220,7 @@ def progress_sql(ids_clause: str) -> tuple[str, str]:
 
 
 def item_row(run_id: str, step: str, item: ItemOutcome, at: float) -> tuple[Any, ...]:
-    return (run_id, step, item.index, item.status.value, item.attempts, _dump(item.result), _error_json(item.error), at)
+    return (run_id, step, item.index, item.status.value, item.attempts, dump_json(item.result), _error_json(item.error), at)
 
 
 def item_from_row(r: Sequence[Any]) -> ItemOutcome:
@@ -218,6 +260,8 @@ def step_detail(step: StepState) -> str | None:
         detail["map_total"] = step.map.total
     if step.child_run_id is not None:
         detail["child_run_id"] = step.child_run_id
+    if step.wake_at is not None:
+        detail["wake_at"] = step.wake_at
     return jsonio.dumps(detail) if detail else None
 
 
@@ -226,6 +270,7 @@ def step_from_row(r: Sequence[Any]) -> StepState:
     detail = detail if isinstance(detail, dict) else {}
     total = detail.get("map_total")
     child = detail.get("child_run_id")
+    wake_at = detail.get("wake_at")
     return StepState(
         name=r[0],
         task_type=r[1],
@@ -237,6 +282,7 @@ def step_from_row(r: Sequence[Any]) -> StepState:
         error=_error(r[7]),
         map=MapProgress(total=total) if isinstance(total, int) else None,
         child_run_id=child if isinstance(child, str) else None,
+        wake_at=float(wake_at) if isinstance(wake_at, (int, float)) and not isinstance(wake_at, bool) else None,
     )
 
 
@@ -293,14 +339,14 @@ def conflict(key: str, run_id: str) -> Conflict:
 def step_row_values(step: StepState) -> tuple[Any, ...]:
     """The values of :data:`STEP_UPDATE_SET`."""
     return (
-        step.status.value, step.attempts, step.started_at, step.finished_at, _dump(step.result), _error_json(step.error),
+        step.status.value, step.attempts, step.started_at, step.finished_at, dump_json(step.result), _error_json(step.error),
         step_detail(step),
     )
 
 
 def run_row_values(run: RunState) -> tuple[Any, ...]:
     """status, output_json, error_json, started_at, finished_at of a run update."""
-    return (run.status.value, _dump(run.output), _error_json(run.error), run.started_at, run.finished_at)
+    return (run.status.value, dump_json(run.output), _error_json(run.error), run.started_at, run.finished_at)
 
 
 class SqliteRunStore:
@@ -453,12 +499,12 @@ class SqliteRunStore:
         def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
             now = self._clock()
             rows = db.execute(
-                "SELECT run_id, lease_epoch FROM runs WHERE status IN (?, ?) AND lease_until < ? ORDER BY created_at LIMIT ?",
-                (*_UNFINISHED, now, limit),
+                f"SELECT run_id, lease_epoch FROM runs WHERE {CLAIMABLE.format(p='?')} ORDER BY created_at LIMIT ?",
+                (*_UNFINISHED, now, now, limit),
             ).fetchall()
             claimed = [(run_id, epoch + 1) for run_id, epoch in rows]
             db.executemany(
-                "UPDATE runs SET owner=?, lease_until=?, lease_epoch=? WHERE run_id=?",
+                "UPDATE runs SET owner=?, lease_until=?, lease_epoch=?, wake_at=NULL WHERE run_id=?",
                 [(owner, now + lease_s, epoch, run_id) for run_id, epoch in claimed],
             )
             return claimed
@@ -520,6 +566,38 @@ class SqliteRunStore:
     async def queued_keys(self) -> list[str]:
         return [r[0] for r in await self._io(lambda: self._db.execute(QUEUED_KEYS_SQL).fetchall())]
 
+    async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
+        params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
+        await asyncio.to_thread(self._fenced, run_id, lease, park_sql("?", len(signals)), params)
+
+    async def wake(self, run_id: str) -> bool:
+        cur = await self._io(lambda: self._db.execute(WAKE_SQL.format(p="?"), (run_id,)))
+        return cur.rowcount > 0
+
+    async def add_signal(self, run_id: str, name: str, signal_id: str, payload: Any, at: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            added = db.execute(ADD_SIGNAL_SQL.format(p="?"), (run_id, signal_id, name, dump_json(payload), at)).rowcount > 0
+            if added:
+                db.execute(WAKE_SQL.format(p="?"), (run_id,))
+            return added
+
+        return await self._io(lambda: self._tx(op))  # one writer at a time: a park cannot interleave
+
+    async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
+        def op(db: sqlite3.Connection) -> tuple[bool, Any]:
+            if db.execute(self._HELD, (run_id, lease.owner, lease.epoch)).fetchone() is None:
+                raise LeaseLost(run_id, lease)
+            taken = db.execute(TAKEN_SIGNAL_SQL.format(p="?"), (run_id, step)).fetchone()
+            if taken is not None:
+                return True, jsonio.load_stored(taken[0])
+            row = db.execute(NEXT_SIGNAL_SQL.format(p="?"), (run_id, name)).fetchone()
+            if row is None:
+                return False, None
+            db.execute(CONSUME_SIGNAL_SQL.format(p="?"), (step, run_id, row[0]))
+            return True, jsonio.load_stored(row[1])
+
+        return await self._io(lambda: self._tx(op))
+
     async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
         cur = await self._io(
             lambda: self._db.execute(CANCEL_QUEUED_SQL.format(p="?"), (error.model_dump_json(), at, run_id))
@@ -542,6 +620,7 @@ class MemoryRunStore:
         self._meta: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}
         self._items: dict[tuple[str, str], dict[int, ItemOutcome]] = {}
+        self._signals: dict[str, list[dict[str, Any]]] = {}
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         if run.idempotency_key is not None and run.idempotency_key in self._keys:
@@ -639,10 +718,12 @@ class MemoryRunStore:
         ids = [
             i
             for i, r in sorted(self._runs.items(), key=lambda kv: kv[1].created_at)
-            if r.status.value in _UNFINISHED and self._meta[i]["lease"] < now
+            if r.status.value in _UNFINISHED
+            and self._meta[i]["lease"] < now
+            and (self._meta[i].get("wake_at") is None or self._meta[i]["wake_at"] <= now)
         ][:limit]
         for i in ids:
-            self._meta[i].update(owner=owner, lease=now + lease_s, epoch=self._meta[i]["epoch"] + 1)
+            self._meta[i].update(owner=owner, lease=now + lease_s, epoch=self._meta[i]["epoch"] + 1, wake_at=None)
         return [(i, self._meta[i]["epoch"]) for i in ids]
 
     async def renew(self, owner: str, epochs: Mapping[str, int], lease_s: float) -> list[str]:
@@ -685,6 +766,38 @@ class MemoryRunStore:
 
     async def queued_keys(self) -> list[str]:
         return sorted({r.concurrency_key for r in self._runs.values() if r.status is RunStatus.QUEUED and r.concurrency_key})
+
+    async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
+        self._check(run_id, lease)
+        came = any(s["name"] in signals and s["by"] is None for s in self._signals.get(run_id, []))
+        self._meta[run_id].update(wake_at=0.0 if came else wake_at, lease=0.0)
+
+    async def wake(self, run_id: str) -> bool:
+        meta = self._meta.get(run_id)
+        if meta is None or meta.get("wake_at") is None:
+            return False
+        meta["wake_at"] = 0.0
+        return True
+
+    async def add_signal(self, run_id: str, name: str, signal_id: str, payload: Any, at: float) -> bool:
+        signals = self._signals.setdefault(run_id, [])
+        if any(s["id"] == signal_id for s in signals):
+            return False
+        signals.append({"id": signal_id, "name": name, "payload": payload, "at": at, "by": None})
+        await self.wake(run_id)
+        return True
+
+    async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
+        self._check(run_id, lease)
+        signals = sorted(self._signals.get(run_id, []), key=lambda s: (s["at"], s["id"]))
+        for s in signals:
+            if s["by"] == step:
+                return True, s["payload"]
+        for s in signals:
+            if s["name"] == name and s["by"] is None:
+                s["by"] = step
+                return True, s["payload"]
+        return False, None
 
     async def cancel_queued(self, run_id: str, error: ErrorInfo, at: float) -> bool:
         run = self._runs.get(run_id)

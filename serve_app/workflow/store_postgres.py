@@ -24,17 +24,22 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from serve_app.core.errors import Unavailable
+from serve_app.core.jsonio import load_stored as load_json
 from serve_app.workflow.migrations import POSTGRES_MIGRATION_LOCK, postgres_migration_plan
 from serve_app.workflow.state import RunState, RunStatus, StepState
 from serve_app.core.models import ErrorInfo
 from serve_app.workflow.store import (
     _UNFINISHED,
     ACTIVE_FOR_KEY_SQL,
+    ADD_SIGNAL_SQL,
     CANCEL_QUEUED_SQL,
+    CLAIMABLE,
+    CONSUME_SIGNAL_SQL,
     INSERT_RUN_COLUMNS,
     INSERT_RUN_VALUES,
     LOAD_ITEMS_SQL,
     NEXT_QUEUED_SQL,
+    NEXT_SIGNAL_SQL,
     PROMOTE_SQL,
     QUEUE_AHEAD_SQL,
     QUEUED_KEYS_SQL,
@@ -44,6 +49,8 @@ from serve_app.workflow.store import (
     SAVE_RUN_SQL,
     STEP_COLUMNS,
     STEP_UPDATE_SET,
+    TAKEN_SIGNAL_SQL,
+    WAKE_SQL,
     ItemOutcome,
     Lease,
     LeaseLost,
@@ -51,7 +58,9 @@ from serve_app.workflow.store import (
     conflict,
     has_maps,
     item_from_row,
+    dump_json,
     item_row,
+    park_sql,
     new_run_row,
     progress_sql,
     queue_ahead_params,
@@ -257,10 +266,10 @@ class PostgresRunStore:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
             now = self._clock()
             cur = await conn.execute(
-                "UPDATE runs SET owner = %s, lease_until = %s, lease_epoch = lease_epoch + 1 WHERE run_id IN ("
-                " SELECT run_id FROM runs WHERE status = ANY(%s) AND lease_until < %s"
+                "UPDATE runs SET owner = %s, lease_until = %s, lease_epoch = lease_epoch + 1, wake_at = NULL"
+                f" WHERE run_id IN (SELECT run_id FROM runs WHERE {CLAIMABLE.format(p='%s')}"
                 " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING run_id, lease_epoch",
-                (owner, now + lease_s, list(_UNFINISHED), now, limit),
+                (owner, now + lease_s, *_UNFINISHED, now, now, limit),
             )
             return [(r[0], r[1]) for r in await cur.fetchall()]
 
@@ -338,6 +347,51 @@ class PostgresRunStore:
                 return [(run_id, epoch + 1) for run_id, epoch in rows]
 
         return await self._io(op)
+
+    async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
+        params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
+        await self._fenced(run_id, lease, park_sql("%s", len(signals)), params)
+
+    async def wake(self, run_id: str) -> bool:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            return (await conn.execute(WAKE_SQL.format(p="%s"), (run_id,))).rowcount > 0
+
+        return await self._io(op)
+
+    async def add_signal(self, run_id: str, name: str, signal_id: str, payload: Any, at: float) -> bool:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            # Committed before the wake (autocommit): a park running meanwhile either sees the signal
+            # (and wakes at once) or has committed first, and then this wake finds it parked.
+            cur = await conn.execute(ADD_SIGNAL_SQL.format(p="%s"), (run_id, signal_id, name, dump_json(payload), at))
+            if cur.rowcount == 0:
+                return False
+            await conn.execute(WAKE_SQL.format(p="%s"), (run_id,))
+            return True
+
+        return await self._io(op)
+
+    async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, Any] | None:
+            async with conn.transaction():
+                held = await conn.execute(
+                    "SELECT 1 FROM runs WHERE run_id = %s AND owner = %s AND lease_epoch = %s FOR SHARE",
+                    (run_id, lease.owner, lease.epoch),
+                )
+                if await held.fetchone() is None:
+                    return None
+                taken = await (await conn.execute(TAKEN_SIGNAL_SQL.format(p="%s"), (run_id, step))).fetchone()
+                if taken is not None:
+                    return True, load_json(taken[0])
+                row = await (await conn.execute(NEXT_SIGNAL_SQL.format(p="%s") + " FOR UPDATE", (run_id, name))).fetchone()
+                if row is None:
+                    return False, None
+                await conn.execute(CONSUME_SIGNAL_SQL.format(p="%s"), (step, run_id, row[0]))
+                return True, load_json(row[1])
+
+        found = await self._io(op)
+        if found is None:
+            raise LeaseLost(run_id, lease)
+        return found
 
     async def queued_keys(self) -> list[str]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[str]:

@@ -148,7 +148,7 @@ def test_child_workflows_must_exist_and_must_not_recurse() -> None:
         validate_children({"a": wf("a", "a")})
     with pytest.raises(WorkflowError, match=r"child workflows recurse: a -> b -> a"):
         validate_children({"a": wf("a", "b"), "b": wf("b", "a")})
-    with pytest.raises(ValueError, match="exactly one of task_type or workflow"):
+    with pytest.raises(ValueError, match="exactly one of task_type, workflow, sleep, sleep_until or wait_for"):
         spec("both", [{"name": "x", "task_type": "echo", "workflow": "child"}])
     # The loader checks children across every definition it loads.
     cfg = WorkflowsConfig(definitions=[{"name": "p", "steps": [{"name": "c", "workflow": "missing"}]}])

@@ -113,7 +113,7 @@ def test_loader_reads_definitions_files_and_modules(tmp_path) -> None:  # type: 
 
 def test_loader_reports_schema_problems_with_origin() -> None:
     cfg = WorkflowsConfig(definitions=[{"name": "w", "steps": [{"name": "s"}]}])
-    with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0: Value error, a step runs exactly one of task_type or workflow"):
+    with pytest.raises(WorkflowError, match=r"workflow 'w' is invalid: \(serve_config definitions\) steps.0: Value error, a step has exactly one of task_type, workflow, sleep, sleep_until or wait_for"):
         load_workflows(cfg, KNOWN)
 
 
