@@ -169,6 +169,24 @@ WORKFLOWS += [
         "steps": [{"name": "bill", "task_type": "sleep", "input": {"seconds": "${input.seconds}"}}],
     },
 ]
+# Durable waits (tests/integration/test_waits.py).
+WORKFLOWS += [
+    {
+        "name": "nap",
+        "steps": [
+            {"name": "nap", "sleep": "${input.seconds}"},
+            {"name": "after", "task_type": "echo", "input": {"message": "awake"}, "depends_on": ["nap"]},
+        ],
+    },
+    {
+        "name": "approval",
+        "steps": [
+            {"name": "ask", "task_type": "echo", "input": {"message": "${input.what}"}},
+            {"name": "approve", "wait_for": {"signal": "approved", "timeout": "1h"}, "depends_on": ["ask"]},
+            {"name": "after", "task_type": "echo", "input": {"message": "${steps.approve.result.by}"}},
+        ],
+    },
+]
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 
