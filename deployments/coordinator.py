@@ -25,8 +25,10 @@ from serve_app.runtime.loops import PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.runtime.telemetry import FanOut, TaskStats
-from serve_app.workflow.api import RunService
+from serve_app.workflow.api import RunService, ScheduleService
 from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.loader import load_schedules
+from serve_app.workflow.schedules import ScheduleRunner
 from serve_app.workflow.spec import WorkflowSpec
 from serve_app.workflow.store import open_store
 
@@ -77,13 +79,21 @@ class Coordinator:
             max_inflight_steps=wf.max_inflight_steps,
         )
         self._auth = BearerAuth(auth_token)
-        self._backend = Backend(self._dispatcher, self._readiness, self.get_status, RunService(self._engine))
+        self._schedules = ScheduleRunner(load_schedules(wf, self._engine.workflows), self._store, self._engine.start)
+        self._backend = Backend(
+            self._dispatcher, self._readiness, self.get_status, RunService(self._engine), ScheduleService(self._schedules)
+        )
         self._grpc = GrpcIngress(self._backend, max_payload_bytes=self._config.max_body_bytes, auth=self._auth)
         # Renew our leases and claim runs whose owner is gone (e.g. a replica that died).
         self._workflow_loop = PeriodicTask(
             "workflow-leases", self._workflow_tick, wf.lease_s / 3, stall_after_s=max(30.0, 3 * wf.lease_s)
         )
         self._workflow_loop.start()
+        # Every replica looks for due ticks; each tick is one run (its idempotency key), whoever fires it.
+        self._schedule_loop = PeriodicTask(
+            "schedules", self._fire_schedules, wf.schedule_poll_s, stall_after_s=max(30.0, 30 * wf.schedule_poll_s)
+        )
+        self._schedule_loop.start()
         poll = self._config.readiness_poll_s
         self._refresh = PeriodicTask("readiness-refresh", self._refresh_readiness, poll, stall_after_s=max(30.0, 20 * poll))
         # Never block construction on the manager: until it reports, requests get 503 not_ready.
@@ -91,6 +101,9 @@ class Coordinator:
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(self._backend, max_body_bytes=self._config.max_body_bytes, auth=self._auth)
+
+    async def _fire_schedules(self) -> None:
+        await self._schedules.tick()
 
     async def _workflow_tick(self) -> None:
         await self._engine.renew_leases()
@@ -119,6 +132,18 @@ class Coordinator:
     async def SendSignal(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
         return await self._grpc.handle("SendSignal", request, grpc_context)
 
+    async def ListSchedules(self, request: Any, grpc_context: Any = None) -> pb.ScheduleReply:
+        return await self._grpc.handle("ListSchedules", request, grpc_context)
+
+    async def PauseSchedule(self, request: Any, grpc_context: Any = None) -> pb.ScheduleReply:
+        return await self._grpc.handle("PauseSchedule", request, grpc_context)
+
+    async def ResumeSchedule(self, request: Any, grpc_context: Any = None) -> pb.ScheduleReply:
+        return await self._grpc.handle("ResumeSchedule", request, grpc_context)
+
+    async def TriggerSchedule(self, request: Any, grpc_context: Any = None) -> pb.ScheduleReply:
+        return await self._grpc.handle("TriggerSchedule", request, grpc_context)
+
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
         response = self._pools[pool].run.remote(item.model_dump(mode="json"))
         raw = await await_response(response, target=pool_deployment_name(pool))
@@ -137,10 +162,14 @@ class Coordinator:
     async def get_status(self) -> dict[str, Any]:
         """Own status plus the OrganismManager's roll-up (or why it cannot be had)."""
         state, error = coordinator_state(
-            loop_problem=self._refresh.problem() or self._workflow_loop.problem(),
+            loop_problem=self._refresh.problem() or self._workflow_loop.problem() or self._schedule_loop.problem(),
             store_error=self._workflow_loop.last_error,
             readiness_error=self._readiness.last_error,
         )
+        try:
+            schedules: Any = await self._schedules.describe()  # next fire times
+        except Exception as exc:  # the store is away: already reported through the lease loop
+            schedules = {"error": error_text(exc)}
         own = ComponentStatus(
             name="Coordinator",
             status=state,
@@ -158,6 +187,7 @@ class Coordinator:
                     "waiting": self._engine.gate.waiting,
                 },
                 "store": {"kind": self._config.workflows.store, "where": self._store.where},
+                "schedules": schedules,
             },
         )
         try:
@@ -185,7 +215,7 @@ class Coordinator:
         return rolled
 
     async def check_health(self) -> None:
-        problem = self._refresh.problem() or self._workflow_loop.problem()
+        problem = self._refresh.problem() or self._workflow_loop.problem() or self._schedule_loop.problem()
         if problem:
             raise RuntimeError(problem)
 
@@ -193,6 +223,7 @@ class Coordinator:
         # Graceful shutdown: stop the loops first (a lease tick after the release would claim the
         # runs again for this dying replica), then hand unfinished runs to the next owner at once.
         await self._workflow_loop.stop()
+        await self._schedule_loop.stop()
         await self._refresh.stop()
         await self._engine.shutdown()
         await self._store.close()

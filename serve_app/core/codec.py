@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from serve_app.core import jsonio
 from serve_app.core.errors import ErrorCode
-from serve_app.core.models import Envelope, ErrorInfo, RunResult, TaskResult
+from serve_app.core.models import Envelope, ErrorInfo, RunResult, ScheduleResult, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 
 ENVELOPE_KEY = "serveflow-envelope-bin"
@@ -195,6 +195,31 @@ def run_from_proto(msg: pb.RunReply) -> RunResult:
         created=msg.created if msg.HasField("created") else None,
         run=_json_or_none(msg.run_json),
         runs=_json_or_none(msg.runs_json),
+        error=error_from_proto(msg.error) if msg.HasField("error") else None,
+        duration_ms=msg.duration_ms,
+        trace_id=msg.trace_id or None,
+    )
+
+
+def schedule_to_proto(result: ScheduleResult) -> pb.ScheduleReply:
+    msg = pb.ScheduleReply(
+        success=result.success, run_id=result.run_id or "", duration_ms=result.duration_ms, trace_id=result.trace_id or ""
+    )
+    if result.schedules is not None:
+        msg.schedules_json = jsonio.dumps(result.schedules)
+    if result.schedule is not None:
+        msg.schedule_json = jsonio.dumps(result.schedule)
+    if result.error is not None:
+        msg.error.CopyFrom(error_to_proto(result.error))
+    return msg
+
+
+def schedule_from_proto(msg: pb.ScheduleReply) -> ScheduleResult:
+    return ScheduleResult(
+        success=msg.success,
+        schedules=_json_or_none(msg.schedules_json),
+        schedule=_json_or_none(msg.schedule_json),
+        run_id=msg.run_id or None,
         error=error_from_proto(msg.error) if msg.HasField("error") else None,
         duration_ms=msg.duration_ms,
         trace_id=msg.trace_id or None,

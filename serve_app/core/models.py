@@ -129,6 +129,14 @@ class RunResult(Envelope):
     runs: list[dict[str, Any]] | None = None
 
 
+class ScheduleResult(Envelope):
+    """The envelope of every schedule answer."""
+
+    schedules: list[dict[str, Any]] | None = None
+    schedule: dict[str, Any] | None = None
+    run_id: str | None = Field(None, description="On trigger: the run started.")
+
+
 class WorkItem(BaseModel):
     """What the Coordinator sends a HandlerWorker (internal, not a public API)."""
 

@@ -103,6 +103,10 @@ def _signal_inputs(request: pb.SignalRequest) -> dict[str, Any]:
     return {"params": {"run_id": request.run_id, "name": request.name}, "body": body}
 
 
+def _schedule_inputs(request: pb.ScheduleRequest) -> dict[str, Any]:
+    return {"params": {"name": request.name}}
+
+
 def _list_inputs(request: pb.ListRunsRequest) -> dict[str, Any]:
     return {
         "query": _given(
@@ -134,6 +138,10 @@ RPCS: dict[str, Rpc] = {
     "CancelRun": Rpc("cancelRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
     "ListRuns": Rpc("listRuns", _list_inputs, codec.run_to_proto, codec.run_to_proto),
     "SendSignal": Rpc("signalRun", _signal_inputs, codec.run_to_proto, codec.run_to_proto),
+    "ListSchedules": Rpc("listSchedules", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
+    "PauseSchedule": Rpc("pauseSchedule", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
+    "ResumeSchedule": Rpc("resumeSchedule", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
+    "TriggerSchedule": Rpc("triggerSchedule", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from serve_app.core.models import NAME_PATTERN, RunResult, StartRunRequest, TaskRequest, TaskResult
+from serve_app.core.models import NAME_PATTERN
 from serve_app.ingress.operations import ROUTES
 from serve_app.ingress.pipeline import Operation
 from serve_app.workflow.api import WorkflowDocument
@@ -68,13 +68,13 @@ _PATH_PARAMS = {
 }
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(ops: Mapping[str, Operation]) -> dict[str, Any]:
+    """Every body, envelope and document model the operations use (so none can be left out)."""
+    bodies = {op.body for op in ops.values() if op.body is not None}
+    answers = {op.envelope for op in ops.values()} | set(_DOCUMENTS.values())
     models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
-        (TaskRequest, "validation"),
-        (StartRunRequest, "validation"),
-        (TaskResult, "serialization"),
-        (RunResult, "serialization"),
-        *((m, "serialization") for m in _DOCUMENTS.values()),
+        *((m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)),
+        *((m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)),
     ]
     _, defs = models_json_schema(models, ref_template=_REF)
     return dict(defs.get("$defs", {}))
@@ -100,7 +100,7 @@ def _parameters(path: str, query: type[BaseModel] | None, examples: Mapping[str,
 
 def openapi_schema(ops: Mapping[str, Operation], *, task_types: Sequence[str], workflows: Sequence[str]) -> dict[str, Any]:
     """The served document; the configured task types and workflows appear as examples."""
-    schemas = _schemas()
+    schemas = _schemas(ops)
     if task_types:
         schemas["TaskRequest"]["properties"]["task_type"]["examples"] = list(task_types)
     paths: dict[str, dict[str, Any]] = {}

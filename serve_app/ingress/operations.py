@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from serve_app.core.errors import MethodNotAllowed, NotFound, NotReady
-from serve_app.core.models import ListRunsQuery, RunResult, SignalRequest, StartRunRequest, TaskRequest
+from serve_app.core.models import ListRunsQuery, RunResult, ScheduleResult, SignalRequest, StartRunRequest, TaskRequest
 from serve_app.ingress.pipeline import Call, Operation, Reply
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
-from serve_app.workflow.api import RunService
+from serve_app.workflow.api import RunService, ScheduleService
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -24,6 +24,7 @@ class Backend:
     readiness: ReadinessBoard
     status: StatusProvider
     runs: RunService | None = None
+    schedules: ScheduleService | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ ROUTES: tuple[HttpRoute, ...] = (
     HttpRoute("GET", "/v1/runs/{run_id}", "getRun", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/runs/{run_id}/cancel", "cancelRun", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/runs/{run_id}/signals/{name}", "signalRun", errors=(*_BODY_ERRORS, 409, *_RUN_ERRORS)),
+    HttpRoute("GET", "/v1/schedules", "listSchedules", errors=_RUN_ERRORS),
+    HttpRoute("POST", "/v1/schedules/{name}/pause", "pauseSchedule", errors=_RUN_ERRORS),
+    HttpRoute("POST", "/v1/schedules/{name}/resume", "resumeSchedule", errors=_RUN_ERRORS),
+    HttpRoute("POST", "/v1/schedules/{name}/trigger", "triggerSchedule", errors=(409, *_RUN_ERRORS)),
 )
 
 
@@ -60,6 +65,12 @@ def _runs(backend: Backend) -> RunService:
     if backend.runs is None:
         raise NotFound("workflows are not enabled")
     return backend.runs
+
+
+def _schedules(backend: Backend) -> ScheduleService:
+    if backend.schedules is None:
+        raise NotFound("schedules are not enabled")
+    return backend.schedules
 
 
 def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) -> dict[str, Operation]:
@@ -109,6 +120,18 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
     async def signal_run(call: Call) -> Reply:
         return Reply(await _runs(backend).signal(call.params["run_id"], call.params["name"], call.body))
 
+    async def list_schedules(call: Call) -> Reply:
+        return Reply(await _schedules(backend).list())
+
+    async def pause_schedule(call: Call) -> Reply:
+        return Reply(await _schedules(backend).pause(call.params["name"], True))
+
+    async def resume_schedule(call: Call) -> Reply:
+        return Reply(await _schedules(backend).pause(call.params["name"], False))
+
+    async def trigger_schedule(call: Call) -> Reply:
+        return Reply(await _schedules(backend).trigger(call.params["name"]))
+
     async def no_route(call: Call) -> Reply:
         raise NotFound(f"no route for {call.params['path']}")
 
@@ -131,6 +154,10 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
         Operation(
             "signalRun", signal_run, RunResult, body=SignalRequest, summary="Deliver a named signal to a run (kept until a step takes it)"
         ),
+        Operation("listSchedules", list_schedules, ScheduleResult, summary="Schedules with their next fire time"),
+        Operation("pauseSchedule", pause_schedule, ScheduleResult, summary="Pause a schedule (no ticks fire)"),
+        Operation("resumeSchedule", resume_schedule, ScheduleResult, summary="Resume a schedule (per its catch_up)"),
+        Operation("triggerSchedule", trigger_schedule, ScheduleResult, summary="Start a run of a schedule now"),
         Operation("noRoute", no_route),
         Operation("methodNotAllowed", no_method),
     ]

@@ -83,6 +83,30 @@ class RunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
+class ScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ScheduleReply(_message.Message):
+    __slots__ = ("success", "schedules_json", "schedule_json", "run_id", "error", "duration_ms", "trace_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_JSON_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    schedules_json: str
+    schedule_json: str
+    run_id: str
+    error: ErrorInfo
+    duration_ms: float
+    trace_id: str
+    def __init__(self, success: _Optional[bool] = ..., schedules_json: _Optional[str] = ..., schedule_json: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_ms: _Optional[float] = ..., trace_id: _Optional[str] = ...) -> None: ...
+
 class SignalRequest(_message.Message):
     __slots__ = ("run_id", "name", "signal_id", "payload_json")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,26 @@ class TaskServiceStub:
                 request_serializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
                 response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
                 _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/serveflow.TaskService/ListSchedules',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/serveflow.TaskService/PauseSchedule',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/serveflow.TaskService/ResumeSchedule',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/serveflow.TaskService/TriggerSchedule',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -123,6 +143,31 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedules(self, request, context):
+        """Cron schedules: list (name empty), pause, resume, trigger now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +205,26 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SendSignal,
                     request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.FromString,
                     response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +416,114 @@ class TaskService:
             '/serveflow.TaskService/SendSignal',
             serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
             serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ListSchedules',
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/PauseSchedule',
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ResumeSchedule',
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/TriggerSchedule',
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.ScheduleReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,9 +8,10 @@ from typing import Any
 from pydantic import Field
 
 from serve_app.core.errors import NotFound, classify
-from serve_app.core.models import ListRunsQuery, RunResult, SignalRequest, StartRunRequest
+from serve_app.core.models import ListRunsQuery, RunResult, ScheduleResult, SignalRequest, StartRunRequest
 from serve_app.runtime import tracing
 from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.schedules import ScheduleRunner
 from serve_app.workflow.spec import WorkflowSpec
 from serve_app.workflow.state import RunStatus
 
@@ -83,6 +84,35 @@ class WorkflowDocument(WorkflowSpec):
         description="step -> the steps it waits for (depends_on, references, conditions, map lists): "
         "what a console draws the DAG from."
     )
+
+
+class ScheduleService:
+    """List, pause, resume and trigger schedules; answers are ScheduleResult envelopes."""
+
+    def __init__(self, runner: ScheduleRunner) -> None:
+        self.runner = runner
+
+    def _ok(self, started: float, **fields: Any) -> ScheduleResult:
+        return ScheduleResult(
+            success=True, duration_ms=(time.perf_counter() - started) * 1000.0, trace_id=tracing.trace_id_hex(), **fields
+        )
+
+    async def _one(self, name: str) -> dict[str, Any]:
+        return next(s for s in await self.runner.describe() if s["name"] == name)
+
+    async def list(self) -> ScheduleResult:
+        started = time.perf_counter()
+        return self._ok(started, schedules=await self.runner.describe())
+
+    async def pause(self, name: str, paused: bool = True) -> ScheduleResult:
+        started = time.perf_counter()
+        await self.runner.set_paused(name, paused)
+        return self._ok(started, schedule=await self._one(name))
+
+    async def trigger(self, name: str) -> ScheduleResult:
+        started = time.perf_counter()
+        run_id = await self.runner.trigger(name)
+        return self._ok(started, schedule=await self._one(name), run_id=run_id)
 
 
 def _document(spec: WorkflowSpec) -> dict[str, Any]:

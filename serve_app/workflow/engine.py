@@ -131,6 +131,7 @@ class RunEngine:
         priority: int | None = None,
         parent: tuple[str, str] | None = None,
         run_id: str | None = None,
+        concurrency: str | None = None,
     ) -> tuple[RunState, bool]:
         """Persist a new run and start executing it (or queue it behind its concurrency key); an
         idempotency key seen before returns that run. ``parent`` is (run id, step) of a child run."""
@@ -140,7 +141,7 @@ class RunEngine:
         if workflow in self._inputs:
             self._inputs[workflow].check(run_input)  # refused before anything is stored
         try:
-            key = concurrency_key(spec, run_input)
+            key = concurrency if concurrency is not None else concurrency_key(spec, run_input)
         except MissingValue as exc:
             template = spec.concurrency.key if spec.concurrency else ""
             loc = ["input", *template.strip("${}").split(".")[1:]]
@@ -170,14 +171,17 @@ class RunEngine:
         if created and key is None:
             self._launch(stored.run_id, spec, epoch=1)
         elif created:
-            await self._admit(key, spec)
+            await self._admit(key)
             stored = await self.get(stored.run_id)  # pending now, or queued with its position
         return stored, created
 
-    async def _admit(self, key: str, spec: WorkflowSpec | None) -> None:
-        """Start the queued runs of ``key`` that now have a slot (they are leased to this engine)."""
+    async def _admit(self, key: str) -> None:
+        """Start the queued runs of ``key`` that now have a slot (they are leased to this engine).
+        A key is ``<workflow>:<value>`` (the workflow's limit applies) or another line of one run
+        at a time (a schedule's)."""
         if self._closing:
             return
+        spec = self._workflows.get(key.split(":", 1)[0])
         max_runs = spec.concurrency.max_runs if spec is not None and spec.concurrency is not None else 1
         for run_id, epoch in await self._store.admit(key, max_runs, self._owner, self._lease_s):
             run_spec = WorkflowSpec.model_validate_json(await self._store.get_spec(run_id))
@@ -278,7 +282,7 @@ class RunEngine:
         # Queued runs whose key has a free slot that nobody took (e.g. a Coordinator died between
         # finishing a run and admitting the next).
         for key in await self._store.queued_keys():
-            await self._admit(key, self._workflows.get(key.split(":", 1)[0]))
+            await self._admit(key)
         return resumed
 
     async def renew_leases(self) -> None:
@@ -614,7 +618,7 @@ class RunEngine:
         await self._store.release(run.run_id, lease)
         if run.concurrency_key is not None:
             try:
-                await self._admit(run.concurrency_key, self._workflows.get(run.workflow))
+                await self._admit(run.concurrency_key)
             except Exception:  # the lease loop admits it later
                 logger.warning("run %s: admitting the next run of %s failed", run.run_id, run.concurrency_key, exc_info=True)
 

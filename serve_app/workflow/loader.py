@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 from pydantic import ValidationError
 
+from serve_app.core.errors import ServeflowError
 from serve_app.runtime.config import WorkflowsConfig
+from serve_app.workflow.inputs import InputSchema
+from serve_app.workflow.schedules import ScheduleSpec, schedule_problems
 from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate, validate_children
 
 
@@ -40,6 +43,28 @@ def _from_module(name: str, known: set[str] | None) -> list[WorkflowSpec]:
         elif isinstance(value, Workflow):
             specs.append(value.build(known))
     return specs
+
+
+def load_schedules(config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec]) -> list[ScheduleSpec]:
+    """The configured schedules, validated (cron, time zone, workflow, input); WorkflowError names each."""
+    schedules, problems = [], []
+    for i, doc in enumerate(config.schedules):
+        try:
+            schedules.append(ScheduleSpec.model_validate(doc))
+        except ValidationError as exc:
+            name = doc.get("name", f"#{i}") if isinstance(doc, dict) else f"#{i}"
+            problems += [f"schedule {name!r}: {'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}" for e in exc.errors(include_url=False)]
+    problems += schedule_problems(schedules, workflows)
+    for s in schedules:
+        spec = workflows.get(s.workflow)
+        if spec is not None and spec.input_schema is not None:
+            try:
+                InputSchema(s.workflow, spec.input_schema).check(s.input)
+            except ServeflowError as exc:
+                problems.append(f"schedule {s.name!r}: input: {exc.message}")
+    if problems:
+        raise WorkflowError("schedules", problems)
+    return schedules
 
 
 def load_workflows(config: WorkflowsConfig, known_task_types: Iterable[str]) -> dict[str, WorkflowSpec]:

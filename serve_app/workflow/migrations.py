@@ -107,6 +107,19 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS signals_waiting ON signals(run_id, name, received_at)",
         ),
     ),
+    (
+        5,
+        "cron schedules: pause flag and the last tick handled",
+        (
+            """CREATE TABLE IF NOT EXISTS schedules (
+                name TEXT PRIMARY KEY,
+                paused INTEGER NOT NULL DEFAULT 0,
+                last_tick REAL
+            )""",
+            "CREATE INDEX IF NOT EXISTS runs_idempotency_unfinished ON runs(idempotency_key)"
+            " WHERE status IN ('queued', 'pending', 'running')",
+        ),
+    ),
 )
 
 
@@ -198,6 +211,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (run_id, signal_id)
             )""",
             "CREATE INDEX IF NOT EXISTS signals_waiting ON signals(run_id, name, received_at)",
+        ),
+    ),
+    (
+        5,
+        "cron schedules: pause flag and the last tick handled",
+        (
+            """CREATE TABLE IF NOT EXISTS schedules (
+                name TEXT PRIMARY KEY,
+                paused INTEGER NOT NULL DEFAULT 0,
+                last_tick DOUBLE PRECISION
+            )""",
+            "CREATE INDEX IF NOT EXISTS runs_idempotency_unfinished ON runs(idempotency_key)"
+            " WHERE status IN ('queued', 'pending', 'running')",
         ),
     ),
 )

@@ -117,6 +117,20 @@ class RunStore(Protocol):
         """The oldest unconsumed ``name`` signal, now consumed by ``step`` (or the one ``step``
         consumed before a restart): ``(True, payload)``, or ``(False, None)`` if none came yet."""
 
+    async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
+        """Each schedule's (paused, last tick handled)."""
+
+    async def init_schedule(self, name: str, last_tick: float) -> None:
+        """Record a schedule first seen (ticks before ``last_tick`` are not its)."""
+
+    async def advance_schedule(self, name: str, expected: float, last_tick: float) -> bool:
+        """Compare-and-set the last tick: only one Coordinator handles a tick."""
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None: ...
+
+    async def unfinished_with_key_prefix(self, prefix: str) -> int:
+        """Unfinished runs whose idempotency key starts with ``prefix`` (a schedule's runs)."""
+
     async def close(self) -> None: ...
 
 
@@ -202,6 +216,20 @@ NEXT_SIGNAL_SQL = (
     " ORDER BY received_at, signal_id LIMIT 1"
 )
 CONSUME_SIGNAL_SQL = "UPDATE signals SET consumed_by={p} WHERE run_id={p} AND signal_id={p}"
+SCHEDULE_STATES_SQL = "SELECT name, paused, last_tick FROM schedules"
+INIT_SCHEDULE_SQL = "INSERT INTO schedules (name, paused, last_tick) VALUES ({p}, 0, {p}) ON CONFLICT (name) DO NOTHING"
+ADVANCE_SCHEDULE_SQL = "UPDATE schedules SET last_tick={p} WHERE name={p} AND last_tick={p}"
+PAUSE_SCHEDULE_SQL = "UPDATE schedules SET paused={p} WHERE name={p}"
+UNFINISHED_PREFIX_SQL = (
+    "SELECT COUNT(*) FROM runs WHERE idempotency_key LIKE {p} ESCAPE '\\' AND status IN ('queued', 'pending', 'running')"
+)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching keys that start with ``prefix`` (its _ and % taken literally)."""
+    return prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+
+
 # Claimable: unfinished, lease lapsed, and not parked until later.
 CLAIMABLE = "status IN ({p}, {p}) AND lease_until < {p} AND (wake_at IS NULL OR wake_at <= {p})"
 CANCEL_QUEUED_SQL = "UPDATE runs SET status='cancelled', error_json={p}, finished_at={p} WHERE run_id={p} AND status='queued'"
@@ -570,6 +598,24 @@ class SqliteRunStore:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
         await asyncio.to_thread(self._fenced, run_id, lease, park_sql("?", len(signals)), params)
 
+    async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
+        rows = await self._io(lambda: self._db.execute(SCHEDULE_STATES_SQL).fetchall())
+        return {r[0]: (bool(r[1]), r[2]) for r in rows}
+
+    async def init_schedule(self, name: str, last_tick: float) -> None:
+        await self._io(lambda: self._db.execute(INIT_SCHEDULE_SQL.format(p="?"), (name, last_tick)))
+
+    async def advance_schedule(self, name: str, expected: float, last_tick: float) -> bool:
+        cur = await self._io(lambda: self._db.execute(ADVANCE_SCHEDULE_SQL.format(p="?"), (last_tick, name, expected)))
+        return cur.rowcount > 0
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        await self._io(lambda: self._db.execute(PAUSE_SCHEDULE_SQL.format(p="?"), (int(paused), name)))
+
+    async def unfinished_with_key_prefix(self, prefix: str) -> int:
+        row = await self._io(lambda: self._db.execute(UNFINISHED_PREFIX_SQL.format(p="?"), (like_prefix(prefix),)).fetchone())
+        return int(row[0])
+
     async def wake(self, run_id: str) -> bool:
         cur = await self._io(lambda: self._db.execute(WAKE_SQL.format(p="?"), (run_id,)))
         return cur.rowcount > 0
@@ -621,6 +667,7 @@ class MemoryRunStore:
         self._keys: dict[str, str] = {}
         self._items: dict[tuple[str, str], dict[int, ItemOutcome]] = {}
         self._signals: dict[str, list[dict[str, Any]]] = {}
+        self._schedules: dict[str, list[Any]] = {}  # name -> [paused, last_tick]
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         if run.idempotency_key is not None and run.idempotency_key in self._keys:
@@ -771,6 +818,28 @@ class MemoryRunStore:
         self._check(run_id, lease)
         came = any(s["name"] in signals and s["by"] is None for s in self._signals.get(run_id, []))
         self._meta[run_id].update(wake_at=0.0 if came else wake_at, lease=0.0)
+
+    async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
+        return {name: (bool(p), last) for name, (p, last) in self._schedules.items()}
+
+    async def init_schedule(self, name: str, last_tick: float) -> None:
+        self._schedules.setdefault(name, [False, last_tick])
+
+    async def advance_schedule(self, name: str, expected: float, last_tick: float) -> bool:
+        state = self._schedules.get(name)
+        if state is None or state[1] != expected:
+            return False
+        state[1] = last_tick
+        return True
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        if name in self._schedules:
+            self._schedules[name][0] = paused
+
+    async def unfinished_with_key_prefix(self, prefix: str) -> int:
+        return sum(
+            1 for r in self._runs.values() if (r.idempotency_key or "").startswith(prefix) and r.status.value in ("queued", *_UNFINISHED)
+        )
 
     async def wake(self, run_id: str) -> bool:
         meta = self._meta.get(run_id)

@@ -32,6 +32,12 @@ from serve_app.workflow.store import (
     _UNFINISHED,
     ACTIVE_FOR_KEY_SQL,
     ADD_SIGNAL_SQL,
+    ADVANCE_SCHEDULE_SQL,
+    INIT_SCHEDULE_SQL,
+    PAUSE_SCHEDULE_SQL,
+    SCHEDULE_STATES_SQL,
+    UNFINISHED_PREFIX_SQL,
+    like_prefix,
     CANCEL_QUEUED_SQL,
     CLAIMABLE,
     CONSUME_SIGNAL_SQL,
@@ -351,6 +357,35 @@ class PostgresRunStore:
     async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
         await self._fenced(run_id, lease, park_sql("%s", len(signals)), params)
+
+    async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[bool, float | None]]:
+            rows = await (await conn.execute(SCHEDULE_STATES_SQL)).fetchall()
+            return {r[0]: (bool(r[1]), r[2]) for r in rows}
+
+        return await self._io(op)
+
+    async def init_schedule(self, name: str, last_tick: float) -> None:
+        await self._execute(INIT_SCHEDULE_SQL.format(p="%s"), (name, last_tick))
+
+    async def advance_schedule(self, name: str, expected: float, last_tick: float) -> bool:
+        return await self._execute(ADVANCE_SCHEDULE_SQL.format(p="%s"), (last_tick, name, expected)) > 0
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> None:
+        await self._execute(PAUSE_SCHEDULE_SQL.format(p="%s"), (int(paused), name))
+
+    async def unfinished_with_key_prefix(self, prefix: str) -> int:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> int:
+            row = await (await conn.execute(UNFINISHED_PREFIX_SQL.format(p="%s"), (like_prefix(prefix),))).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._io(op)
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(sql, params)).rowcount
+
+        return await self._io(op)
 
     async def wake(self, run_id: str) -> bool:
         async def op(conn: psycopg.AsyncConnection[Any]) -> bool:

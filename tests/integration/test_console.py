@@ -261,3 +261,15 @@ def test_with_auth_on_the_console_asks_for_the_token_and_shows_nothing_without_i
         p.errors = [e for e in p.errors if "401" not in e]
         p.close()
     time.sleep(0)
+
+
+def test_send_a_signal_from_the_run_page(page: Page, http: httpx.Client) -> None:
+    run_id = _start(http, "approval", {"what": "console"})
+    tab = page.open(f"#/runs/{run_id}")
+    tab.get_by_text("waiting for signal approved").wait_for()
+    tab.get_by_label("Payload (JSON)").fill('{"by": "<b>console</b>"}')
+    tab.get_by_role("button", name="Send signal").click()
+    tab.get_by_role("heading", name=re.compile(f"Run {run_id}")).locator(".s-succeeded").wait_for()
+    assert http.get(f"/v1/runs/{run_id}").json()["run"]["output"]["after"] == {"message": "<b>console</b>"}
+    assert tab.locator("main b").count() == 0  # the payload's markup is text
+    page.shot("run-signal")

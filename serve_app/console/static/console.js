@@ -360,6 +360,7 @@ async function runPage({ args: [runId], live }) {
       "Cancel run",
     );
     const kids = (children.doc && children.doc.runs) || [];
+    const signals = [...new Set(run.steps.filter((st) => st.task_type.startsWith("signal:")).map((st) => st.task_type.slice(7)))];
     show(
       h("h1", {}, `Run ${run.run_id} `, badge(run.status)),
       h(
@@ -377,6 +378,7 @@ async function runPage({ args: [runId], live }) {
       ),
       h("p", {}, cancel),
       errorBox(run.error),
+      signals.length && !TERMINAL.has(run.status) ? signalForm(run, signals, draw) : null,
       h("h2", {}, "Steps"),
       dag(def ? def.upstream : {}, run.steps.map((s) => s.name), Object.fromEntries(run.steps.map((s) => [s.name, s]))),
       table(["step", "runs", "status", "attempts", "duration", "progress", "error / child"], run.steps.map(stepRow), { narrow: [1] }),
@@ -397,6 +399,36 @@ async function runPage({ args: [runId], live }) {
   }
 }
 
+function signalForm(run, names, redraw) {
+  const name = h("select", { id: "signal-name", name: "signal" }, names.map((n) => h("option", { value: n }, n)));
+  const payload = h("textarea", { id: "signal-payload", name: "payload", spellcheck: "false", rows: 3 }, "{}");
+  const outcome = h("div", { "aria-live": "polite" });
+  return h(
+    "form",
+    {
+      class: "card",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        outcome.replaceChildren();
+        let value;
+        try {
+          value = JSON.parse(payload.value || "null");
+        } catch (exc) {
+          outcome.append(errorBox({ code: "invalid_json", message: exc.message }));
+          return;
+        }
+        const { doc } = await api(`v1/runs/${encodeURIComponent(run.run_id)}/signals/${encodeURIComponent(name.value)}`, { method: "POST", body: { payload: value } });
+        if (!doc.success) return outcome.append(errorBox(doc.error));
+        await redraw();
+      },
+    },
+    h("h3", {}, "Send a signal"),
+    h("div", { class: "toolbar" }, field("Signal", name), h("button", { type: "submit" }, "Send signal")),
+    field("Payload (JSON)", payload),
+    outcome,
+  );
+}
+
 function stepRow(s) {
   const progress = s.map
     ? h("div", {}, h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": s.map.total, "aria-valuenow": s.map.done, "aria-label": `${s.name} elements done` }, h("span", { css: { width: `${s.map.total ? Math.round((100 * s.map.done) / s.map.total) : 100}%` } })), `${s.map.done}/${s.map.total}${s.map.failed ? `, ${s.map.failed} failed` : ""}`)
@@ -412,7 +444,15 @@ function stepRow(s) {
     String(s.attempts),
     s.duration_ms === null || s.duration_ms === undefined ? "—" : ms(s.duration_ms),
     progress,
-    h("div", {}, s.error ? h("span", { class: "error" }, `${s.error.code}: ${s.error.message}`) : null, child, failedItems),
+    h(
+      "div",
+      {},
+      s.error ? h("span", { class: "error" }, `${s.error.code}: ${s.error.message}`) : null,
+      s.status === "running" && s.task_type.startsWith("signal:") ? h("div", {}, `waiting for signal ${s.task_type.slice(7)}${s.wake_at ? `, until ${when(s.wake_at)}` : ""}`) : null,
+      s.status === "running" && s.task_type === "sleep" && s.wake_at ? h("div", {}, `sleeping until ${when(s.wake_at)}`) : null,
+      child,
+      failedItems,
+    ),
   ];
 }
 
