@@ -5,6 +5,7 @@
     serveflow run-workflow fanout --input '{"seconds": 1}' --wait
     serveflow get-run RUN_ID | cancel-run RUN_ID | list-runs | workflows
     serveflow signal RUN_ID NAME --payload '{"approved": true}'
+    serveflow schedules [list | pause NAME | resume NAME | trigger NAME]
 
 The base URL comes from ``--url`` or ``SERVEFLOW_URL`` (default http://127.0.0.1:8000).
 """
@@ -113,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("name")
     sg.add_argument("--payload", default="null", help="JSON value")
     sg.add_argument("--signal-id", help="the same id again is ignored")
+    sc = sub.add_parser("schedules", help="list schedules, or pause / resume / trigger one")
+    sc.add_argument("action", nargs="?", choices=("list", "pause", "resume", "trigger"), default="list")
+    sc.add_argument("name", nargs="?")
     sub.add_parser("workflows", help="list workflow definitions")
     ld = sub.add_parser("load", help="send bounded load and print a summary")
     ld.add_argument("--protocol", choices=("http", "grpc"), default="http")
@@ -187,6 +191,13 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
         if args.signal_id:
             body["signal_id"] = args.signal_id
         doc = http.post(f"/v1/runs/{args.run_id}/signals/{args.name}", json=body).json()
+    elif args.command == "schedules":
+        if args.action == "list":
+            doc = http.get("/v1/schedules").json()
+        elif not args.name:
+            raise SystemExit(f"serveflow: schedules {args.action} needs a schedule name")
+        else:
+            doc = http.post(f"/v1/schedules/{args.name}/{args.action}").json()
     elif args.command == "list-runs":
         given = {"status": args.status, "workflow": args.workflow, "limit": args.limit, "parent_run_id": args.parent}
         params = {k: v for k, v in given.items() if v}

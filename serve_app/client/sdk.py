@@ -24,7 +24,7 @@ import grpc
 
 from serve_app.core import codec
 from serve_app.core.errors import ErrorCode
-from serve_app.core.models import Envelope, RunResult, TaskResult
+from serve_app.core.models import Envelope, RunResult, ScheduleResult, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
@@ -224,6 +224,26 @@ class ServeflowClient(_Base):
     ) -> RunResult:
         """Deliver signal ``name`` to a run; ``created`` is False when ``signal_id`` was seen before."""
         return self._run_rpc(self._stub.SendSignal, _signal_request(run_id, name, payload, signal_id), timeout_s)
+
+    def _schedule_rpc(self, method: Callable[..., Any], name: str, timeout_s: float) -> ScheduleResult:
+        try:
+            reply = method(pb.ScheduleRequest(name=name), timeout=timeout_s, metadata=self._metadata)
+            return codec.schedule_from_proto(reply)
+        except grpc.RpcError as err:
+            return failure_from_rpc_error(err, ScheduleResult)
+
+    def list_schedules(self, *, timeout_s: float = 10.0) -> ScheduleResult:
+        return self._schedule_rpc(self._stub.ListSchedules, "", timeout_s)
+
+    def pause_schedule(self, name: str, *, timeout_s: float = 10.0) -> ScheduleResult:
+        return self._schedule_rpc(self._stub.PauseSchedule, name, timeout_s)
+
+    def resume_schedule(self, name: str, *, timeout_s: float = 10.0) -> ScheduleResult:
+        return self._schedule_rpc(self._stub.ResumeSchedule, name, timeout_s)
+
+    def trigger_schedule(self, name: str, *, timeout_s: float = 10.0) -> ScheduleResult:
+        """Start a run of the schedule now; ``run_id`` names it."""
+        return self._schedule_rpc(self._stub.TriggerSchedule, name, timeout_s)
 
     def status(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         """The service's status document (as GET /v1/status)."""

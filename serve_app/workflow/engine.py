@@ -236,6 +236,8 @@ class RunEngine:
                 f"run {run_id} ({run.workflow}) waits for no signal {name!r}", details={"signals": names, "run_id": run_id}
             )
         if run.status.terminal:
+            if signal_id is not None and await self._store.has_signal(run_id, signal_id):
+                return run, False  # a retry of a signal that was delivered: the same answer, not an error
             raise Conflict(f"run {run_id} is {run.status.value}; it takes no more signals", details={"run_id": run_id})
         jsonio.checked(payload, lambda why: ValidationFailed(f"signal payload cannot be stored: {why}"))
         created = await self._store.add_signal(run_id, name, signal_id or uuid.uuid4().hex, payload, self._clock())

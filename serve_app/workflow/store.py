@@ -113,6 +113,8 @@ class RunStore(Protocol):
         """Keep a signal for the run (whether or not a step waits for it yet) and wake the run;
         False when ``signal_id`` was already received (a duplicate, ignored)."""
 
+    async def has_signal(self, run_id: str, signal_id: str) -> bool: ...
+
     async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
         """The oldest unconsumed ``name`` signal, now consumed by ``step`` (or the one ``step``
         consumed before a restart): ``(True, payload)``, or ``(False, None)`` if none came yet."""
@@ -215,6 +217,7 @@ NEXT_SIGNAL_SQL = (
     "SELECT signal_id, payload_json FROM signals WHERE run_id={p} AND name={p} AND consumed_by IS NULL"
     " ORDER BY received_at, signal_id LIMIT 1"
 )
+HAS_SIGNAL_SQL = "SELECT 1 FROM signals WHERE run_id={p} AND signal_id={p}"
 CONSUME_SIGNAL_SQL = "UPDATE signals SET consumed_by={p} WHERE run_id={p} AND signal_id={p}"
 SCHEDULE_STATES_SQL = "SELECT name, paused, last_tick FROM schedules"
 INIT_SCHEDULE_SQL = "INSERT INTO schedules (name, paused, last_tick) VALUES ({p}, 0, {p}) ON CONFLICT (name) DO NOTHING"
@@ -629,6 +632,10 @@ class SqliteRunStore:
 
         return await self._io(lambda: self._tx(op))  # one writer at a time: a park cannot interleave
 
+    async def has_signal(self, run_id: str, signal_id: str) -> bool:
+        row = await self._io(lambda: self._db.execute(HAS_SIGNAL_SQL.format(p="?"), (run_id, signal_id)).fetchone())
+        return row is not None
+
     async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
         def op(db: sqlite3.Connection) -> tuple[bool, Any]:
             if db.execute(self._HELD, (run_id, lease.owner, lease.epoch)).fetchone() is None:
@@ -855,6 +862,9 @@ class MemoryRunStore:
         signals.append({"id": signal_id, "name": name, "payload": payload, "at": at, "by": None})
         await self.wake(run_id)
         return True
+
+    async def has_signal(self, run_id: str, signal_id: str) -> bool:
+        return any(s["id"] == signal_id for s in self._signals.get(run_id, []))
 
     async def take_signal(self, run_id: str, name: str, step: str, lease: Lease) -> tuple[bool, Any]:
         self._check(run_id, lease)

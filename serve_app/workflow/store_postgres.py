@@ -41,6 +41,7 @@ from serve_app.workflow.store import (
     CANCEL_QUEUED_SQL,
     CLAIMABLE,
     CONSUME_SIGNAL_SQL,
+    HAS_SIGNAL_SQL,
     INSERT_RUN_COLUMNS,
     INSERT_RUN_VALUES,
     LOAD_ITEMS_SQL,
@@ -402,6 +403,12 @@ class PostgresRunStore:
                 return False
             await conn.execute(WAKE_SQL.format(p="%s"), (run_id,))
             return True
+
+        return await self._io(op)
+
+    async def has_signal(self, run_id: str, signal_id: str) -> bool:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            return await (await conn.execute(HAS_SIGNAL_SQL.format(p="%s"), (run_id, signal_id))).fetchone() is not None
 
         return await self._io(op)
 

@@ -187,6 +187,11 @@ WORKFLOWS += [
         ],
     },
 ]
+WORKFLOWS.append({"name": "tick", "steps": [{"name": "hello", "task_type": "echo", "input": {"message": "${input.note}"}}]})
+# A schedule that fires during the whole session (tests/integration/test_schedules.py).
+SCHEDULES = [
+    {"name": "ticker", "workflow": "tick", "cron": "*/3 * * * * *", "input": {"note": "tick"}, "overlap": "allow", "catch_up": "last"}
+]
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
 
 
@@ -235,7 +240,7 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     spans_path = str(tmp_path_factory.mktemp("traces") / "spans.jsonl")
     args = {
         **APP_ARGS,
-        "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS},
+        "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS, "schedules": SCHEDULES},
         "tracing": {"exporter": f"file:{spans_path}"},
     }
     serve.run(build_app(args), name="serveflow", route_prefix="/")

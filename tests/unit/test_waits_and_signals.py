@@ -278,3 +278,14 @@ def test_signals_over_http_get_the_same_structured_answers(http_and_grpc: Any, a
     steps = {s["name"]: s for s in client.get(f"/v1/runs/{run_id}").json()["run"]["steps"]}
     assert steps["approve"]["result"] == {"ok": True} and steps["second"]["result"] == 2
     assert client.get("/v1/runs", params={"limit": 1000}).status_code == 200  # nothing refused broke a read
+
+
+async def test_a_retried_signal_to_a_finished_run_gets_the_same_answer(engine: RunEngine) -> None:
+    run, _ = await engine.start("strict", {})
+    _, created = await engine.signal(run.run_id, "approved", {"ok": 1}, signal_id="once")
+    done = await engine.wait(run.run_id, 10)
+    assert created and done.status is RunStatus.SUCCEEDED
+    again, created_again = await engine.signal(run.run_id, "approved", {"ok": 1}, signal_id="once")
+    assert not created_again and again.status is RunStatus.SUCCEEDED  # a retry, not a conflict
+    with pytest.raises(Conflict):
+        await engine.signal(run.run_id, "approved", {"ok": 2}, signal_id="another")
