@@ -273,3 +273,18 @@ def test_send_a_signal_from_the_run_page(page: Page, http: httpx.Client) -> None
     assert http.get(f"/v1/runs/{run_id}").json()["run"]["output"]["after"] == {"message": "<b>console</b>"}
     assert tab.locator("main b").count() == 0  # the payload's markup is text
     page.shot("run-signal")
+
+
+def test_schedules_page_pauses_resumes_and_triggers(page: Page, http: httpx.Client) -> None:
+    tab = page.open("#/schedules")
+    tab.get_by_role("heading", name="Schedules").wait_for()
+    row = tab.locator("tbody tr", has_text="ticker")
+    row.get_by_role("button", name="Pause ticker").click()
+    row.locator(".s-paused").wait_for()
+    assert http.get("/v1/schedules").json()["schedules"][0]["paused"] is True
+    page.shot("schedules")
+    row.get_by_role("button", name="Resume ticker").click()
+    row.locator(".s-active").wait_for()
+    row.get_by_role("button", name="Trigger ticker now").click()
+    tab.wait_for_url(re.compile(r"#/runs/[0-9a-f]{32}$"))
+    tab.get_by_role("heading", name=re.compile("Run ")).locator(".s-succeeded").wait_for()

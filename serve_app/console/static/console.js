@@ -129,6 +129,7 @@ const routes = [
   [/^\/runs\/([^/]+)$/, runPage, "runs"],
   [/^\/workflows\/?$/, workflowsPage, "workflows"],
   [/^\/workflows\/([^/]+)$/, workflowPage, "workflows"],
+  [/^\/schedules\/?$/, schedulesPage, "schedules"],
 ];
 
 function parseHash() {
@@ -591,6 +592,48 @@ async function workflowPage({ args: [name], live }) {
     form,
     h("p", {}, h("a", { href: `#/runs?workflow=${encodeURIComponent(doc.name)}` }, `Runs of ${doc.name}`)),
   );
+}
+
+// ------------------------------------------------------------------ schedules
+
+async function schedulesPage({ live }) {
+  const draw = async () => {
+    const { doc } = await api("v1/schedules");
+    if (!live()) return;
+    if (!doc.success) return show(h("h1", {}, "Schedules"), errorBox(doc.error));
+    const outcome = h("div", { "aria-live": "polite" });
+    const act = (name, action) => async () => {
+      const res = await api(`v1/schedules/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+      if (!res.doc.success) return outcome.replaceChildren(errorBox(res.doc.error));
+      if (action === "trigger") location.hash = `#/runs/${encodeURIComponent(res.doc.run_id)}`;
+      else await draw();
+    };
+    const rows = (doc.schedules || []).map((s) => [
+      s.name,
+      h("a", { href: `#/workflows/${encodeURIComponent(s.workflow)}` }, s.workflow),
+      `${s.cron} (${s.timezone})`,
+      `${s.overlap} / ${s.catch_up}`,
+      s.paused ? badge("paused") : badge("active"),
+      when(s.last_tick),
+      when(s.next_fire),
+      h(
+        "div",
+        { class: "toolbar" },
+        s.paused
+          ? h("button", { type: "button", class: "secondary", onclick: act(s.name, "resume"), "aria-label": `Resume ${s.name}` }, "Resume")
+          : h("button", { type: "button", class: "secondary", onclick: act(s.name, "pause"), "aria-label": `Pause ${s.name}` }, "Pause"),
+        h("button", { type: "button", onclick: act(s.name, "trigger"), "aria-label": `Trigger ${s.name} now` }, "Trigger now"),
+      ),
+    ]);
+    show(
+      h("h1", {}, "Schedules"),
+      outcome,
+      rows.length ? table(["schedule", "workflow", "cron", "overlap / catch-up", "state", "last tick", "next fire", ""], rows, { narrow: [3, 5] }) : h("p", { class: "muted" }, "No schedules are configured."),
+      h("p", {}, h("a", { href: "#/runs" }, "Runs"), " started by a schedule have the idempotency key schedule.<name>.<tick>."),
+    );
+  };
+  await draw();
+  refreshIn(5, live, draw);
 }
 
 window.addEventListener("hashchange", () => {
