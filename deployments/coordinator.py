@@ -25,9 +25,10 @@ from serve_app.runtime.loops import PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.runtime.telemetry import FanOut, TaskStats
-from serve_app.workflow.api import RunService, ScheduleService
+from serve_app.workflow.api import EventService, RunService, ScheduleService
 from serve_app.workflow.engine import RunEngine
-from serve_app.workflow.loader import load_schedules
+from serve_app.workflow.loader import load_schedules, load_subscriptions
+from serve_app.workflow.subscriptions import SubscriptionRunner
 from serve_app.workflow.schedules import ScheduleRunner
 from serve_app.workflow.spec import WorkflowSpec
 from serve_app.workflow.store import open_store
@@ -80,8 +81,21 @@ class Coordinator:
         )
         self._auth = BearerAuth(auth_token)
         self._schedules = ScheduleRunner(load_schedules(wf, self._engine.workflows), self._store, self._engine.start)
+        self._subscriptions = SubscriptionRunner(
+            load_subscriptions(wf, self._engine.workflows, self._config.routes()),
+            self._store,
+            self._engine.start,
+            self._dispatcher.submit,
+            owner=self._identity["replica_id"],
+            lease_s=wf.lease_s,
+        )
         self._backend = Backend(
-            self._dispatcher, self._readiness, self.get_status, RunService(self._engine), ScheduleService(self._schedules)
+            self._dispatcher,
+            self._readiness,
+            self.get_status,
+            RunService(self._engine),
+            ScheduleService(self._schedules),
+            EventService(self._subscriptions, self._store),
         )
         self._grpc = GrpcIngress(self._backend, max_payload_bytes=self._config.max_body_bytes, auth=self._auth)
         # Renew our leases and claim runs whose owner is gone (e.g. a replica that died).
@@ -94,6 +108,11 @@ class Coordinator:
             "schedules", self._fire_schedules, wf.schedule_poll_s, stall_after_s=max(30.0, 30 * wf.schedule_poll_s)
         )
         self._schedule_loop.start()
+        # Every replica tries; one holds each subscription's lease and delivers it.
+        self._subscription_loop = PeriodicTask(
+            "subscriptions", self._subscriptions.tick, wf.subscription_poll_s, stall_after_s=max(60.0, 30 * wf.subscription_poll_s)
+        )
+        self._subscription_loop.start()
         poll = self._config.readiness_poll_s
         self._refresh = PeriodicTask("readiness-refresh", self._refresh_readiness, poll, stall_after_s=max(30.0, 20 * poll))
         # Never block construction on the manager: until it reports, requests get 503 not_ready.
@@ -132,6 +151,18 @@ class Coordinator:
     async def SendSignal(self, request: Any, grpc_context: Any = None) -> pb.RunReply:
         return await self._grpc.handle("SendSignal", request, grpc_context)
 
+    async def AppendEvent(self, request: Any, grpc_context: Any = None) -> pb.EventReply:
+        return await self._grpc.handle("AppendEvent", request, grpc_context)
+
+    async def ListEvents(self, request: Any, grpc_context: Any = None) -> pb.EventReply:
+        return await self._grpc.handle("ListEvents", request, grpc_context)
+
+    async def ListDeadLetters(self, request: Any, grpc_context: Any = None) -> pb.EventReply:
+        return await self._grpc.handle("ListDeadLetters", request, grpc_context)
+
+    async def ReplayDeadLetter(self, request: Any, grpc_context: Any = None) -> pb.EventReply:
+        return await self._grpc.handle("ReplayDeadLetter", request, grpc_context)
+
     async def ListSchedules(self, request: Any, grpc_context: Any = None) -> pb.ScheduleReply:
         return await self._grpc.handle("ListSchedules", request, grpc_context)
 
@@ -168,8 +199,11 @@ class Coordinator:
         )
         try:
             schedules: Any = await self._schedules.describe()  # next fire times
+            subscriptions: Any = await self._subscriptions.describe()  # position and lag of each
+            for sub in subscriptions:
+                self._prometheus.subscription_lag(sub["name"], sub["lag"])
         except Exception as exc:  # the store is away: already reported through the lease loop
-            schedules = {"error": error_text(exc)}
+            schedules = subscriptions = {"error": error_text(exc)}
         own = ComponentStatus(
             name="Coordinator",
             status=state,
@@ -188,6 +222,7 @@ class Coordinator:
                 },
                 "store": {"kind": self._config.workflows.store, "where": self._store.where},
                 "schedules": schedules,
+                "subscriptions": subscriptions,
             },
         )
         try:
@@ -215,7 +250,12 @@ class Coordinator:
         return rolled
 
     async def check_health(self) -> None:
-        problem = self._refresh.problem() or self._workflow_loop.problem() or self._schedule_loop.problem()
+        problem = (
+            self._refresh.problem()
+            or self._workflow_loop.problem()
+            or self._schedule_loop.problem()
+            or self._subscription_loop.problem()
+        )
         if problem:
             raise RuntimeError(problem)
 
@@ -224,6 +264,7 @@ class Coordinator:
         # runs again for this dying replica), then hand unfinished runs to the next owner at once.
         await self._workflow_loop.stop()
         await self._schedule_loop.stop()
+        await self._subscription_loop.stop()
         await self._refresh.stop()
         await self._engine.shutdown()
         await self._store.close()

@@ -24,6 +24,9 @@ class ServeMetricsObserver:
             "serveflow_inflight_tasks", description="Tasks sent to a pool and not yet answered.", tag_keys=("pool",)
         )
         self._runs = metrics.Gauge("serveflow_active_runs", description="Workflow runs executing in this Coordinator.")
+        self._lag = metrics.Gauge(
+            "serveflow_subscription_lag", description="Events of a subscription's types not yet delivered.", tag_keys=("subscription",)
+        )
         self._counts: dict[str, int] = {}
 
     def inflight(self, pool: str, delta: int) -> None:
@@ -36,3 +39,6 @@ class ServeMetricsObserver:
 
     def active_runs(self, n: int) -> None:
         self._runs.set(n)
+
+    def subscription_lag(self, subscription: str, lag: int) -> None:
+        self._lag.set(lag, tags={"subscription": subscription})

@@ -12,7 +12,7 @@ from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
 from serve_app.runtime.config import AppConfig, pool_deployment_name
 from serve_app.core.settings import Settings
-from serve_app.workflow.loader import load_schedules, load_workflows
+from serve_app.workflow.loader import load_schedules, load_subscriptions, load_workflows
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -45,6 +45,7 @@ def build_app(args: dict[str, Any]) -> Application:
     # Invalid workflows fail the deploy here, with the step named (visible in `serve status`).
     workflows = load_workflows(config.workflows, config.routes())
     load_schedules(config.workflows, workflows)  # bad cron, zone, workflow or input: the deploy fails, named
+    load_subscriptions(config.workflows, workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
     return Coordinator.options(**config.coordinator.deployment_options()).bind(
         raw, manager, pools, specs, exporter, auth_token, database_url

@@ -6,6 +6,7 @@
     serveflow get-run RUN_ID | cancel-run RUN_ID | list-runs | workflows
     serveflow signal RUN_ID NAME --payload '{"approved": true}'
     serveflow schedules [list | pause NAME | resume NAME | trigger NAME]
+    serveflow send-event order.placed --key acme --payload '{"amount": 3}' | dead-letters [--replay SEQ]
 
 The base URL comes from ``--url`` or ``SERVEFLOW_URL`` (default http://127.0.0.1:8000).
 """
@@ -114,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("name")
     sg.add_argument("--payload", default="null", help="JSON value")
     sg.add_argument("--signal-id", help="the same id again is ignored")
+    se = sub.add_parser("send-event", help="append an event to the log")
+    se.add_argument("type")
+    se.add_argument("--payload", default="null", help="JSON value")
+    se.add_argument("--key", help="events of one key are delivered in order")
+    se.add_argument("--id", help="the same id again appends nothing")
+    dl = sub.add_parser("dead-letters", help="list dead letters, or replay one")
+    dl.add_argument("--subscription")
+    dl.add_argument("--replay", type=int, metavar="SEQ", help="deliver this dead letter again (needs --subscription)")
     sc = sub.add_parser("schedules", help="list schedules, or pause / resume / trigger one")
     sc.add_argument("action", nargs="?", choices=("list", "pause", "resume", "trigger"), default="list")
     sc.add_argument("name", nargs="?")
@@ -191,6 +200,17 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
         if args.signal_id:
             body["signal_id"] = args.signal_id
         doc = http.post(f"/v1/runs/{args.run_id}/signals/{args.name}", json=body).json()
+    elif args.command == "send-event":
+        body = {"type": args.type, "payload": _json_value(args.payload, "--payload")}
+        body.update({k: v for k, v in {"key": args.key, "id": args.id}.items() if v})
+        doc = http.post("/v1/events", json=body).json()
+    elif args.command == "dead-letters":
+        if args.replay is not None:
+            if not args.subscription:
+                raise SystemExit("serveflow: dead-letters --replay needs --subscription")
+            doc = http.post(f"/v1/dead-letters/{args.subscription}/{args.replay}/replay").json()
+        else:
+            doc = http.get("/v1/dead-letters", params={k: v for k, v in {"subscription": args.subscription}.items() if v}).json()
     elif args.command == "schedules":
         if args.action == "list":
             doc = http.get("/v1/schedules").json()

@@ -24,7 +24,7 @@ import grpc
 
 from serve_app.core import codec
 from serve_app.core.errors import ErrorCode
-from serve_app.core.models import Envelope, RunResult, ScheduleResult, TaskResult
+from serve_app.core.models import Envelope, EventResult, RunResult, ScheduleResult, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
@@ -231,6 +231,30 @@ class ServeflowClient(_Base):
             return codec.schedule_from_proto(reply)
         except grpc.RpcError as err:
             return failure_from_rpc_error(err, ScheduleResult)
+
+    def _event_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> EventResult:
+        try:
+            return codec.event_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
+        except grpc.RpcError as err:
+            return failure_from_rpc_error(err, EventResult)
+
+    def send_event(
+        self, type: str, payload: Any = None, *, key: str | None = None, event_id: str | None = None, timeout_s: float = 10.0
+    ) -> EventResult:
+        """Append an event; ``created`` is False when ``event_id`` was appended before."""
+        req = pb.EventRequest(type=type, key=key or "", id=event_id or "", payload_json=json.dumps(payload))
+        return self._event_rpc(self._stub.AppendEvent, req, timeout_s)
+
+    def list_events(self, *, type: str = "", after: int = 0, limit: int = 100, timeout_s: float = 10.0) -> EventResult:
+        return self._event_rpc(self._stub.ListEvents, pb.ListEventsRequest(type=type, after=after, limit=limit), timeout_s)
+
+    def list_dead_letters(self, *, subscription: str = "", limit: int = 100, timeout_s: float = 10.0) -> EventResult:
+        req = pb.DeadLettersRequest(subscription=subscription, limit=limit)
+        return self._event_rpc(self._stub.ListDeadLetters, req, timeout_s)
+
+    def replay_dead_letter(self, subscription: str, seq: int, *, timeout_s: float = 30.0) -> EventResult:
+        req = pb.DeadLettersRequest(subscription=subscription, seq=seq)
+        return self._event_rpc(self._stub.ReplayDeadLetter, req, timeout_s)
 
     def list_schedules(self, *, timeout_s: float = 10.0) -> ScheduleResult:
         return self._schedule_rpc(self._stub.ListSchedules, "", timeout_s)

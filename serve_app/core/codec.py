@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from serve_app.core import jsonio
 from serve_app.core.errors import ErrorCode
-from serve_app.core.models import Envelope, ErrorInfo, RunResult, ScheduleResult, TaskResult
+from serve_app.core.models import Envelope, ErrorInfo, EventResult, RunResult, ScheduleResult, TaskResult
 from serve_app.proto import serveflow_pb2 as pb
 
 ENVELOPE_KEY = "serveflow-envelope-bin"
@@ -220,6 +220,33 @@ def schedule_from_proto(msg: pb.ScheduleReply) -> ScheduleResult:
         schedules=_json_or_none(msg.schedules_json),
         schedule=_json_or_none(msg.schedule_json),
         run_id=msg.run_id or None,
+        error=error_from_proto(msg.error) if msg.HasField("error") else None,
+        duration_ms=msg.duration_ms,
+        trace_id=msg.trace_id or None,
+    )
+
+
+def event_to_proto(result: EventResult) -> pb.EventReply:
+    msg = pb.EventReply(success=result.success, duration_ms=result.duration_ms, trace_id=result.trace_id or "")
+    if result.created is not None:
+        msg.created = result.created
+    for field in ("event", "events", "dead_letters", "dead_letter"):
+        value = getattr(result, field)
+        if value is not None:
+            setattr(msg, f"{field}_json", jsonio.dumps(value))
+    if result.error is not None:
+        msg.error.CopyFrom(error_to_proto(result.error))
+    return msg
+
+
+def event_from_proto(msg: pb.EventReply) -> EventResult:
+    return EventResult(
+        success=msg.success,
+        event=_json_or_none(msg.event_json),
+        created=msg.created if msg.HasField("created") else None,
+        events=_json_or_none(msg.events_json),
+        dead_letters=_json_or_none(msg.dead_letters_json),
+        dead_letter=_json_or_none(msg.dead_letter_json),
         error=error_from_proto(msg.error) if msg.HasField("error") else None,
         duration_ms=msg.duration_ms,
         trace_id=msg.trace_id or None,

@@ -129,6 +129,44 @@ class RunResult(Envelope):
     runs: list[dict[str, Any]] | None = None
 
 
+class EventRequest(BaseModel):
+    """Body of POST /v1/events (gRPC AppendEvent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN, description="What happened, e.g. order.placed.")
+    key: str | None = Field(None, min_length=1, max_length=256, description="Events of one key are delivered in order.")
+    id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=NAME_PATTERN, description="The same id again appends nothing (created: false)."
+    )
+    payload: Any = Field(None, description="Any JSON value.")
+
+
+class ListEventsQuery(BaseModel):
+    """Query of GET /v1/events (gRPC ListEvents)."""
+
+    type: str | None = Field(None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    after: int = Field(0, ge=0, le=2**62, description="Only events after this sequence number (paging).")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class DeadLettersQuery(BaseModel):
+    """Query of GET /v1/dead-letters (gRPC ListDeadLetters)."""
+
+    subscription: str | None = Field(None, min_length=1, max_length=48, pattern=NAME_PATTERN)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class EventResult(Envelope):
+    """The envelope of every event answer."""
+
+    event: dict[str, Any] | None = None
+    created: bool | None = Field(None, description="On append: false when the id was appended before.")
+    events: list[dict[str, Any]] | None = None
+    dead_letters: list[dict[str, Any]] | None = None
+    dead_letter: dict[str, Any] | None = Field(None, description="On replay: the dead letter, delivered again.")
+
+
 class ScheduleResult(Envelope):
     """The envelope of every schedule answer."""
 

@@ -103,6 +103,23 @@ def _signal_inputs(request: pb.SignalRequest) -> dict[str, Any]:
     return {"params": {"run_id": request.run_id, "name": request.name}, "body": body}
 
 
+def _event_inputs(request: pb.EventRequest) -> dict[str, Any]:
+    fields = {"type": request.type, **_given(key=request.key, id=request.id)}
+    return {"body": GrpcBody(request.ByteSize(), fields, {"payload": ("payload_json", request.payload_json)})}
+
+
+def _list_events_inputs(request: pb.ListEventsRequest) -> dict[str, Any]:
+    return {"query": _given(type=request.type, after=request.after, limit=request.limit)}
+
+
+def _dead_letters_inputs(request: pb.DeadLettersRequest) -> dict[str, Any]:
+    return {"query": _given(subscription=request.subscription, limit=request.limit)}
+
+
+def _replay_inputs(request: pb.DeadLettersRequest) -> dict[str, Any]:
+    return {"params": {"subscription": request.subscription, "seq": str(request.seq)}}
+
+
 def _schedule_inputs(request: pb.ScheduleRequest) -> dict[str, Any]:
     return {"params": {"name": request.name}}
 
@@ -138,6 +155,10 @@ RPCS: dict[str, Rpc] = {
     "CancelRun": Rpc("cancelRun", _run_inputs, codec.run_to_proto, codec.run_to_proto),
     "ListRuns": Rpc("listRuns", _list_inputs, codec.run_to_proto, codec.run_to_proto),
     "SendSignal": Rpc("signalRun", _signal_inputs, codec.run_to_proto, codec.run_to_proto),
+    "AppendEvent": Rpc("appendEvent", _event_inputs, codec.event_to_proto, codec.event_to_proto),
+    "ListEvents": Rpc("listEvents", _list_events_inputs, codec.event_to_proto, codec.event_to_proto),
+    "ListDeadLetters": Rpc("listDeadLetters", _dead_letters_inputs, codec.event_to_proto, codec.event_to_proto),
+    "ReplayDeadLetter": Rpc("replayDeadLetter", _replay_inputs, codec.event_to_proto, codec.event_to_proto),
     "ListSchedules": Rpc("listSchedules", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
     "PauseSchedule": Rpc("pauseSchedule", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),
     "ResumeSchedule": Rpc("resumeSchedule", _schedule_inputs, codec.schedule_to_proto, codec.schedule_to_proto),

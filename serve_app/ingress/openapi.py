@@ -65,6 +65,8 @@ _DOCUMENTS: dict[str, type[BaseModel]] = {
 _PATH_PARAMS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME_PATTERN},
     "run_id": {"type": "string", "minLength": 1, "maxLength": 128},
+    "subscription": {"type": "string", "minLength": 1, "maxLength": 48, "pattern": NAME_PATTERN},
+    "seq": {"type": "string", "minLength": 1, "maxLength": 18, "pattern": "^[0-9]+$"},
 }
 
 

@@ -8,10 +8,21 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from serve_app.core.errors import MethodNotAllowed, NotFound, NotReady
-from serve_app.core.models import ListRunsQuery, RunResult, ScheduleResult, SignalRequest, StartRunRequest, TaskRequest
+from serve_app.core.models import (
+    DeadLettersQuery,
+    EventRequest,
+    EventResult,
+    ListEventsQuery,
+    ListRunsQuery,
+    RunResult,
+    ScheduleResult,
+    SignalRequest,
+    StartRunRequest,
+    TaskRequest,
+)
 from serve_app.ingress.pipeline import Call, Operation, Reply
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
-from serve_app.workflow.api import RunService, ScheduleService
+from serve_app.workflow.api import EventService, RunService, ScheduleService
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -25,6 +36,7 @@ class Backend:
     status: StatusProvider
     runs: RunService | None = None
     schedules: ScheduleService | None = None
+    events: EventService | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ ROUTES: tuple[HttpRoute, ...] = (
     HttpRoute("GET", "/v1/runs/{run_id}", "getRun", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/runs/{run_id}/cancel", "cancelRun", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/runs/{run_id}/signals/{name}", "signalRun", errors=(*_BODY_ERRORS, 409, *_RUN_ERRORS)),
+    HttpRoute("POST", "/v1/events", "appendEvent", errors=(*_BODY_ERRORS, *_RUN_ERRORS)),
+    HttpRoute("GET", "/v1/events", "listEvents", errors=(422, *_RUN_ERRORS)),
+    HttpRoute("GET", "/v1/dead-letters", "listDeadLetters", errors=(422, *_RUN_ERRORS)),
+    HttpRoute("POST", "/v1/dead-letters/{subscription}/{seq}/replay", "replayDeadLetter", errors=(409, *_RUN_ERRORS)),
     HttpRoute("GET", "/v1/schedules", "listSchedules", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/schedules/{name}/pause", "pauseSchedule", errors=_RUN_ERRORS),
     HttpRoute("POST", "/v1/schedules/{name}/resume", "resumeSchedule", errors=_RUN_ERRORS),
@@ -71,6 +87,12 @@ def _schedules(backend: Backend) -> ScheduleService:
     if backend.schedules is None:
         raise NotFound("schedules are not enabled")
     return backend.schedules
+
+
+def _events(backend: Backend) -> EventService:
+    if backend.events is None:
+        raise NotFound("events are not enabled")
+    return backend.events
 
 
 def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) -> dict[str, Operation]:
@@ -120,6 +142,18 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
     async def signal_run(call: Call) -> Reply:
         return Reply(await _runs(backend).signal(call.params["run_id"], call.params["name"], call.body))
 
+    async def append_event(call: Call) -> Reply:
+        return Reply(await _events(backend).append(call.body))
+
+    async def list_events(call: Call) -> Reply:
+        return Reply(await _events(backend).list(call.query))
+
+    async def list_dead_letters(call: Call) -> Reply:
+        return Reply(await _events(backend).dead_letters(call.query))
+
+    async def replay_dead_letter(call: Call) -> Reply:
+        return Reply(await _events(backend).replay(call.params["subscription"], str(call.params["seq"])))
+
     async def list_schedules(call: Call) -> Reply:
         return Reply(await _schedules(backend).list())
 
@@ -154,6 +188,10 @@ def build_operations(backend: Backend, openapi: Callable[[], dict[str, Any]]) ->
         Operation(
             "signalRun", signal_run, RunResult, body=SignalRequest, summary="Deliver a named signal to a run (kept until a step takes it)"
         ),
+        Operation("appendEvent", append_event, EventResult, body=EventRequest, summary="Append an event to the log"),
+        Operation("listEvents", list_events, EventResult, query=ListEventsQuery, summary="Events in log order"),
+        Operation("listDeadLetters", list_dead_letters, EventResult, query=DeadLettersQuery, summary="Events a subscription gave up on"),
+        Operation("replayDeadLetter", replay_dead_letter, EventResult, summary="Deliver a dead letter again"),
         Operation("listSchedules", list_schedules, ScheduleResult, summary="Schedules with their next fire time"),
         Operation("pauseSchedule", pause_schedule, ScheduleResult, summary="Pause a schedule (no ticks fire)"),
         Operation("resumeSchedule", resume_schedule, ScheduleResult, summary="Resume a schedule (per its catch_up)"),

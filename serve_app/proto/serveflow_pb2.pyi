@@ -83,6 +83,60 @@ class RunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
+class EventRequest(_message.Message):
+    __slots__ = ("type", "key", "id", "payload_json")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    key: str
+    id: str
+    payload_json: str
+    def __init__(self, type: _Optional[str] = ..., key: _Optional[str] = ..., id: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ("type", "after", "limit")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    after: int
+    limit: int
+    def __init__(self, type: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DeadLettersRequest(_message.Message):
+    __slots__ = ("subscription", "seq", "limit")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    seq: int
+    limit: int
+    def __init__(self, subscription: _Optional[str] = ..., seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class EventReply(_message.Message):
+    __slots__ = ("success", "event_json", "created", "events_json", "dead_letters_json", "dead_letter_json", "error", "duration_ms", "trace_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    event_json: str
+    created: bool
+    events_json: str
+    dead_letters_json: str
+    dead_letter_json: str
+    error: ErrorInfo
+    duration_ms: float
+    trace_id: str
+    def __init__(self, success: _Optional[bool] = ..., event_json: _Optional[str] = ..., created: _Optional[bool] = ..., events_json: _Optional[str] = ..., dead_letters_json: _Optional[str] = ..., dead_letter_json: _Optional[str] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_ms: _Optional[float] = ..., trace_id: _Optional[str] = ...) -> None: ...
+
 class ScheduleRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,26 @@ class TaskServiceStub:
                 request_serializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
                 response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
                 _registered_method=True)
+        self.AppendEvent = channel.unary_unary(
+                '/serveflow.TaskService/AppendEvent',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.EventRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/serveflow.TaskService/ListEvents',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/serveflow.TaskService/ListDeadLetters',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetter = channel.unary_unary(
+                '/serveflow.TaskService/ReplayDeadLetter',
+                request_serializer=serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.SerializeToString,
+                response_deserializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+                _registered_method=True)
         self.ListSchedules = channel.unary_unary(
                 '/serveflow.TaskService/ListSchedules',
                 request_serializer=serve__app_dot_proto_dot_serveflow__pb2.ScheduleRequest.SerializeToString,
@@ -143,6 +163,31 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendEvent(self, request, context):
+        """The event log: append, list; dead letters: list, replay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSchedules(self, request, context):
         """Cron schedules: list (name empty), pause, resume, trigger now.
         """
@@ -205,6 +250,26 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SendSignal,
                     request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.FromString,
                     response_serializer=serve__app_dot_proto_dot_serveflow__pb2.RunReply.SerializeToString,
+            ),
+            'AppendEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvent,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.EventRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.ListEventsRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.SerializeToString,
+            ),
+            'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetter,
+                    request_deserializer=serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.FromString,
+                    response_serializer=serve__app_dot_proto_dot_serveflow__pb2.EventReply.SerializeToString,
             ),
             'ListSchedules': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSchedules,
@@ -416,6 +481,114 @@ class TaskService:
             '/serveflow.TaskService/SendSignal',
             serve__app_dot_proto_dot_serveflow__pb2.SignalRequest.SerializeToString,
             serve__app_dot_proto_dot_serveflow__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/AppendEvent',
+            serve__app_dot_proto_dot_serveflow__pb2.EventRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ListEvents',
+            serve__app_dot_proto_dot_serveflow__pb2.ListEventsRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ListDeadLetters',
+            serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serveflow.TaskService/ReplayDeadLetter',
+            serve__app_dot_proto_dot_serveflow__pb2.DeadLettersRequest.SerializeToString,
+            serve__app_dot_proto_dot_serveflow__pb2.EventReply.FromString,
             options,
             channel_credentials,
             insecure,

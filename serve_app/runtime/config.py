@@ -143,6 +143,11 @@ class WorkflowsConfig(_Strict):
         description="Cron schedules: {name, workflow, cron, timezone, input, overlap: skip|allow|queue, catch_up: none|last|all}.",
     )
     schedule_poll_s: float = Field(1.0, gt=0, le=60, description="How often each Coordinator looks for due ticks.")
+    subscriptions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Event subscriptions: {name, types, workflow | task_type, max_attempts, backoff_s}.",
+    )
+    subscription_poll_s: float = Field(1.0, gt=0, le=60, description="How often each Coordinator delivers new events.")
     files: list[str] = Field(default_factory=list, description="YAML files with definitions, read at deploy time.")
     modules: list[str] = Field(
         default_factory=list, description="Python modules whose Workflow/WorkflowSpec objects are loaded at deploy time."

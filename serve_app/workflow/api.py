@@ -8,11 +8,25 @@ from typing import Any
 from pydantic import Field
 
 from serve_app.core.errors import NotFound, classify
-from serve_app.core.models import ListRunsQuery, RunResult, ScheduleResult, SignalRequest, StartRunRequest
+from serve_app.core import jsonio
+from serve_app.core.errors import ValidationFailed
+from serve_app.core.models import (
+    DeadLettersQuery,
+    EventRequest,
+    EventResult,
+    ListEventsQuery,
+    ListRunsQuery,
+    RunResult,
+    ScheduleResult,
+    SignalRequest,
+    StartRunRequest,
+)
 from serve_app.runtime import tracing
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.schedules import ScheduleRunner
 from serve_app.workflow.spec import WorkflowSpec
+from serve_app.workflow.store import RunStore
+from serve_app.workflow.subscriptions import SubscriptionRunner
 from serve_app.workflow.state import RunStatus
 
 
@@ -113,6 +127,38 @@ class ScheduleService:
         started = time.perf_counter()
         run_id = await self.runner.trigger(name)
         return self._ok(started, schedule=await self._one(name), run_id=run_id)
+
+
+class EventService:
+    """Append and list events, list and replay dead letters; answers are EventResult envelopes."""
+
+    def __init__(self, runner: SubscriptionRunner, store: RunStore) -> None:
+        self.runner = runner
+        self._store = store
+
+    def _ok(self, started: float, **fields: Any) -> EventResult:
+        return EventResult(success=True, duration_ms=(time.perf_counter() - started) * 1000.0, trace_id=tracing.trace_id_hex(), **fields)
+
+    async def append(self, req: EventRequest) -> EventResult:
+        started = time.perf_counter()
+        jsonio.checked(req.payload, lambda why: ValidationFailed(f"event payload cannot be stored: {why}"))
+        event, created = await self.runner.append(req.type, req.payload, key=req.key, event_id=req.id)
+        return self._ok(started, event=event.public(), created=created)
+
+    async def list(self, query: ListEventsQuery) -> EventResult:
+        started = time.perf_counter()
+        events = await self._store.read_events(query.after, [query.type] if query.type else None, query.limit)
+        return self._ok(started, events=[e.public() for e in events])
+
+    async def dead_letters(self, query: DeadLettersQuery) -> EventResult:
+        started = time.perf_counter()
+        return self._ok(started, dead_letters=await self._store.list_dead_letters(query.subscription, query.limit))
+
+    async def replay(self, subscription: str, seq: str) -> EventResult:
+        started = time.perf_counter()
+        if not seq.isdigit() or len(seq) > 18:
+            raise NotFound(f"no dead letter {seq!r}: a sequence number is a whole number")
+        return self._ok(started, dead_letter=await self.runner.replay(subscription, int(seq)))
 
 
 def _document(spec: WorkflowSpec) -> dict[str, Any]:

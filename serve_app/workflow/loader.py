@@ -13,6 +13,7 @@ from serve_app.core.errors import ServeflowError
 from serve_app.runtime.config import WorkflowsConfig
 from serve_app.workflow.inputs import InputSchema
 from serve_app.workflow.schedules import ScheduleSpec, schedule_problems
+from serve_app.workflow.subscriptions import SubscriptionSpec, subscription_problems
 from serve_app.workflow.spec import Workflow, WorkflowError, WorkflowSpec, validate, validate_children
 
 
@@ -65,6 +66,23 @@ def load_schedules(config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec
     if problems:
         raise WorkflowError("schedules", problems)
     return schedules
+
+
+def load_subscriptions(
+    config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec], task_types: Iterable[str]
+) -> list[SubscriptionSpec]:
+    """The configured event subscriptions, validated; WorkflowError names each one at fault."""
+    subs, problems = [], []
+    for i, doc in enumerate(config.subscriptions):
+        try:
+            subs.append(SubscriptionSpec.model_validate(doc))
+        except ValidationError as exc:
+            name = doc.get("name", f"#{i}") if isinstance(doc, dict) else f"#{i}"
+            problems += [f"subscription {name!r}: {'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}" for e in exc.errors(include_url=False)]
+    problems += subscription_problems(subs, workflows, set(task_types))
+    if problems:
+        raise WorkflowError("subscriptions", problems)
+    return subs
 
 
 def load_workflows(config: WorkflowsConfig, known_task_types: Iterable[str]) -> dict[str, WorkflowSpec]:

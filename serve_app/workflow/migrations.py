@@ -120,6 +120,39 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             " WHERE status IN ('queued', 'pending', 'running')",
         ),
     ),
+    (
+        6,
+        "events: an append-only log, subscription positions, dead letters",
+        (
+            """CREATE TABLE IF NOT EXISTS events (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                event_id TEXT NOT NULL UNIQUE,
+                type TEXT NOT NULL,
+                key TEXT,
+                payload_json TEXT,
+                appended_at REAL NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS events_type ON events(type, seq)",
+            """CREATE TABLE IF NOT EXISTS subscriptions (
+                name TEXT PRIMARY KEY,
+                position INTEGER NOT NULL DEFAULT 0,
+                owner TEXT,
+                lease_until REAL NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                retry_at REAL NOT NULL DEFAULT 0,
+                last_error TEXT
+            )""",
+            """CREATE TABLE IF NOT EXISTS dead_letters (
+                subscription TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                attempts INTEGER NOT NULL,
+                error_json TEXT,
+                dead_at REAL NOT NULL,
+                replayed_at REAL,
+                PRIMARY KEY (subscription, seq)
+            )""",
+        ),
+    ),
 )
 
 
@@ -224,6 +257,39 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX IF NOT EXISTS runs_idempotency_unfinished ON runs(idempotency_key)"
             " WHERE status IN ('queued', 'pending', 'running')",
+        ),
+    ),
+    (
+        6,
+        "events: an append-only log, subscription positions, dead letters",
+        (
+            """CREATE TABLE IF NOT EXISTS events (
+                seq BIGSERIAL PRIMARY KEY,
+                event_id TEXT NOT NULL UNIQUE,
+                type TEXT NOT NULL,
+                key TEXT,
+                payload_json TEXT,
+                appended_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS events_type ON events(type, seq)",
+            """CREATE TABLE IF NOT EXISTS subscriptions (
+                name TEXT PRIMARY KEY,
+                position BIGINT NOT NULL DEFAULT 0,
+                owner TEXT,
+                lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                retry_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+                last_error TEXT
+            )""",
+            """CREATE TABLE IF NOT EXISTS dead_letters (
+                subscription TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                error_json TEXT,
+                dead_at DOUBLE PRECISION NOT NULL,
+                replayed_at DOUBLE PRECISION,
+                PRIMARY KEY (subscription, seq)
+            )""",
         ),
     ),
 )

@@ -133,7 +133,92 @@ class RunStore(Protocol):
     async def unfinished_with_key_prefix(self, prefix: str) -> int:
         """Unfinished runs whose idempotency key starts with ``prefix`` (a schedule's runs)."""
 
+    # Events: an append-only log; subscriptions read it from their own durable position.
+    async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
+        """Append (or find, by id: a duplicate appends nothing) an event; ``(event, created)``."""
+
+    async def read_events(self, after: int, types: Sequence[str] | None, limit: int) -> list[Event]: ...
+    async def claim_subscription(self, name: str, owner: str, lease_s: float) -> tuple[int, int, float] | None:
+        """Lease the subscription to ``owner`` (one deliverer at a time); its (position, attempts,
+        retry_at), or None when another owner holds it."""
+
+    async def advance_subscription(
+        self, name: str, owner: str, position: int, attempts: int, retry_at: float, last_error: str | None
+    ) -> bool: ...
+    async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None: ...
+    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def mark_replayed(self, subscription: str, seq: int, at: float) -> None: ...
+    async def subscription_lag(self, name: str, types: Sequence[str]) -> tuple[int, int]:
+        """(position, events of ``types`` after it)."""
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    event_id: str
+    type: str
+    key: str | None
+    payload: Any
+    appended_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"seq": self.seq, "id": self.event_id, "type": self.type, "key": self.key, "payload": self.payload, "appended_at": self.appended_at}
+
+
+EVENT_COLUMNS = "seq, event_id, type, key, payload_json, appended_at"
+APPEND_EVENT_SQL = (
+    "INSERT INTO events (event_id, type, key, payload_json, appended_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+EVENT_BY_ID_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id={{p}}"
+INIT_SUBSCRIPTION_SQL = "INSERT INTO subscriptions (name) VALUES ({p}) ON CONFLICT (name) DO NOTHING"
+CLAIM_SUBSCRIPTION_SQL = (
+    "UPDATE subscriptions SET owner={p}, lease_until={p} WHERE name={p} AND (owner={p} OR lease_until < {p})"
+)
+SUBSCRIPTION_SQL = "SELECT position, attempts, retry_at FROM subscriptions WHERE name={p}"
+ADVANCE_SUBSCRIPTION_SQL = (
+    "UPDATE subscriptions SET position={p}, attempts={p}, retry_at={p}, last_error={p} WHERE name={p} AND owner={p}"
+)
+DEAD_LETTER_SQL = (
+    "INSERT INTO dead_letters (subscription, seq, attempts, error_json, dead_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+    " ON CONFLICT (subscription, seq) DO UPDATE SET attempts=excluded.attempts, error_json=excluded.error_json,"
+    " dead_at=excluded.dead_at, replayed_at=NULL"
+)
+LIST_DEAD_LETTERS_SQL = (
+    "SELECT d.subscription, d.attempts, d.error_json, d.dead_at, d.replayed_at, e.seq, e.event_id, e.type, e.key,"
+    " e.payload_json, e.appended_at FROM dead_letters d JOIN events e ON e.seq = d.seq"
+    " WHERE (CAST({p} AS TEXT) IS NULL OR d.subscription = {p}) ORDER BY d.dead_at DESC, d.seq DESC LIMIT {p}"
+)
+REPLAYED_SQL = "UPDATE dead_letters SET replayed_at={p} WHERE subscription={p} AND seq={p}"
+
+
+def read_events_sql(p: str, types: int) -> str:
+    of_type = f" AND type IN ({', '.join([p] * types)})" if types else ""
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > {p}{of_type} ORDER BY seq LIMIT {p}"
+
+
+def lag_sql(p: str, types: int) -> str:
+    return (
+        f"SELECT COUNT(*) FROM events WHERE seq > {p} AND type IN ({', '.join([p] * types)})" if types else "SELECT 0"
+    )
+
+
+def event_from_row(r: Sequence[Any]) -> Event:
+    return Event(seq=int(r[0]), event_id=r[1], type=r[2], key=r[3], payload=jsonio.load_stored(r[4]), appended_at=r[5])
+
+
+def dead_letter_from_row(r: Sequence[Any]) -> dict[str, Any]:
+    err = _error(r[2])
+    return {
+        "subscription": r[0],
+        "attempts": r[1],
+        "error": err.model_dump(mode="json") if err else None,
+        "dead_at": r[3],
+        "replayed_at": r[4],
+        "event": event_from_row(r[5:]).public(),
+    }
 
 
 @dataclass(frozen=True)
@@ -601,6 +686,56 @@ class SqliteRunStore:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
         await asyncio.to_thread(self._fenced, run_id, lease, park_sql("?", len(signals)), params)
 
+    async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
+        def op(db: sqlite3.Connection) -> tuple[Event, bool]:
+            created = db.execute(APPEND_EVENT_SQL.format(p="?"), (event_id, type, key, dump_json(payload), at)).rowcount > 0
+            return event_from_row(db.execute(EVENT_BY_ID_SQL.format(p="?"), (event_id,)).fetchone()), created
+
+        return await self._io(lambda: self._tx(op))
+
+    async def read_events(self, after: int, types: Sequence[str] | None, limit: int) -> list[Event]:
+        sql = read_events_sql("?", len(types or ()))
+        rows = await self._io(lambda: self._db.execute(sql, (after, *(types or ()), limit)).fetchall())
+        return [event_from_row(r) for r in rows]
+
+    async def claim_subscription(self, name: str, owner: str, lease_s: float) -> tuple[int, int, float] | None:
+        def op(db: sqlite3.Connection) -> tuple[int, int, float] | None:
+            now = self._clock()
+            db.execute(INIT_SUBSCRIPTION_SQL.format(p="?"), (name,))
+            if db.execute(CLAIM_SUBSCRIPTION_SQL.format(p="?"), (owner, now + lease_s, name, owner, now)).rowcount == 0:
+                return None
+            row = db.execute(SUBSCRIPTION_SQL.format(p="?"), (name,)).fetchone()
+            return int(row[0]), int(row[1]), float(row[2])
+
+        return await self._io(lambda: self._tx(op))
+
+    async def advance_subscription(
+        self, name: str, owner: str, position: int, attempts: int, retry_at: float, last_error: str | None
+    ) -> bool:
+        params = (position, attempts, retry_at, last_error, name, owner)
+        cur = await self._io(lambda: self._db.execute(ADVANCE_SUBSCRIPTION_SQL.format(p="?"), params))
+        return cur.rowcount > 0
+
+    async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None:
+        params = (subscription, seq, attempts, error.model_dump_json(), at)
+        await self._io(lambda: self._db.execute(DEAD_LETTER_SQL.format(p="?"), params))
+
+    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
+        params = (subscription, subscription, limit)
+        rows = await self._io(lambda: self._db.execute(LIST_DEAD_LETTERS_SQL.format(p="?"), params).fetchall())
+        return [dead_letter_from_row(r) for r in rows]
+
+    async def mark_replayed(self, subscription: str, seq: int, at: float) -> None:
+        await self._io(lambda: self._db.execute(REPLAYED_SQL.format(p="?"), (at, subscription, seq)))
+
+    async def subscription_lag(self, name: str, types: Sequence[str]) -> tuple[int, int]:
+        def op() -> tuple[int, int]:
+            row = self._db.execute(SUBSCRIPTION_SQL.format(p="?"), (name,)).fetchone()
+            position = int(row[0]) if row else 0
+            return position, int(self._db.execute(lag_sql("?", len(types)), (position, *types) if types else ()).fetchone()[0])
+
+        return await self._io(op)
+
     async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
         rows = await self._io(lambda: self._db.execute(SCHEDULE_STATES_SQL).fetchall())
         return {r[0]: (bool(r[1]), r[2]) for r in rows}
@@ -675,6 +810,10 @@ class MemoryRunStore:
         self._items: dict[tuple[str, str], dict[int, ItemOutcome]] = {}
         self._signals: dict[str, list[dict[str, Any]]] = {}
         self._schedules: dict[str, list[Any]] = {}  # name -> [paused, last_tick]
+        self._events: list[Event] = []
+        self._event_ids: dict[str, Event] = {}
+        self._subs: dict[str, dict[str, Any]] = {}
+        self._dead: dict[tuple[str, int], dict[str, Any]] = {}
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         if run.idempotency_key is not None and run.idempotency_key in self._keys:
@@ -825,6 +964,63 @@ class MemoryRunStore:
         self._check(run_id, lease)
         came = any(s["name"] in signals and s["by"] is None for s in self._signals.get(run_id, []))
         self._meta[run_id].update(wake_at=0.0 if came else wake_at, lease=0.0)
+
+    async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
+        if event_id in self._event_ids:
+            return self._event_ids[event_id], False
+        event = Event(len(self._events) + 1, event_id, type, key, jsonio.load_stored(dump_json(payload)), at)
+        self._events.append(event)
+        self._event_ids[event_id] = event
+        return event, True
+
+    async def read_events(self, after: int, types: Sequence[str] | None, limit: int) -> list[Event]:
+        return [e for e in self._events[after:] if not types or e.type in types][:limit]
+
+    async def claim_subscription(self, name: str, owner: str, lease_s: float) -> tuple[int, int, float] | None:
+        now = self._clock()
+        sub = self._subs.setdefault(name, {"position": 0, "owner": None, "lease_until": 0.0, "attempts": 0, "retry_at": 0.0})
+        if sub["owner"] != owner and sub["lease_until"] >= now:
+            return None
+        sub.update(owner=owner, lease_until=now + lease_s)
+        return sub["position"], sub["attempts"], sub["retry_at"]
+
+    async def advance_subscription(
+        self, name: str, owner: str, position: int, attempts: int, retry_at: float, last_error: str | None
+    ) -> bool:
+        sub = self._subs.get(name)
+        if sub is None or sub["owner"] != owner:
+            return False
+        sub.update(position=position, attempts=attempts, retry_at=retry_at, last_error=last_error)
+        return True
+
+    async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None:
+        self._dead[(subscription, seq)] = {"attempts": attempts, "error": error, "dead_at": at, "replayed_at": None}
+
+    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = sorted(
+            ((sub, seq, d) for (sub, seq), d in self._dead.items() if subscription is None or sub == subscription),
+            key=lambda r: (r[2]["dead_at"], r[1]),
+            reverse=True,
+        )[:limit]
+        return [
+            {
+                "subscription": sub,
+                "attempts": d["attempts"],
+                "error": d["error"].model_dump(mode="json"),
+                "dead_at": d["dead_at"],
+                "replayed_at": d["replayed_at"],
+                "event": self._events[seq - 1].public(),
+            }
+            for sub, seq, d in rows
+        ]
+
+    async def mark_replayed(self, subscription: str, seq: int, at: float) -> None:
+        if (subscription, seq) in self._dead:
+            self._dead[(subscription, seq)]["replayed_at"] = at
+
+    async def subscription_lag(self, name: str, types: Sequence[str]) -> tuple[int, int]:
+        position = self._subs.get(name, {}).get("position", 0)
+        return position, sum(1 for e in self._events[position:] if e.type in types)
 
     async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
         return {name: (bool(p), last) for name, (p, last) in self._schedules.items()}

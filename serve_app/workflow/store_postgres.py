@@ -32,6 +32,20 @@ from serve_app.workflow.store import (
     _UNFINISHED,
     ACTIVE_FOR_KEY_SQL,
     ADD_SIGNAL_SQL,
+    ADVANCE_SUBSCRIPTION_SQL,
+    APPEND_EVENT_SQL,
+    CLAIM_SUBSCRIPTION_SQL,
+    DEAD_LETTER_SQL,
+    EVENT_BY_ID_SQL,
+    INIT_SUBSCRIPTION_SQL,
+    LIST_DEAD_LETTERS_SQL,
+    REPLAYED_SQL,
+    SUBSCRIPTION_SQL,
+    Event,
+    dead_letter_from_row,
+    event_from_row,
+    lag_sql,
+    read_events_sql,
     ADVANCE_SCHEDULE_SQL,
     INIT_SCHEDULE_SQL,
     PAUSE_SCHEDULE_SQL,
@@ -78,6 +92,7 @@ from serve_app.workflow.store import (
 )
 
 T = TypeVar("T")
+EVENT_APPEND_LOCK = 0x5E5F11  # appends to the event log take turns under this advisory lock
 
 
 def redact_dsn(dsn: str) -> str:
@@ -358,6 +373,68 @@ class PostgresRunStore:
     async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
         await self._fenced(run_id, lease, park_sql("%s", len(signals)), params)
+
+    async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> tuple[Event, bool]:
+            async with conn.transaction():
+                # Appends take turns, so sequence numbers commit in order: a reader that has seen
+                # seq n never finds a smaller one committed later (it would be skipped forever).
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENT_APPEND_LOCK,))
+                params = (event_id, type, key, dump_json(payload), at)
+                created = (await conn.execute(APPEND_EVENT_SQL.format(p="%s"), params)).rowcount > 0
+                row = await (await conn.execute(EVENT_BY_ID_SQL.format(p="%s"), (event_id,))).fetchone()
+                return event_from_row(row), created
+
+        return await self._io(op)
+
+    async def read_events(self, after: int, types: Sequence[str] | None, limit: int) -> list[Event]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[Event]:
+            cur = await conn.execute(read_events_sql("%s", len(types or ())), (after, *(types or ()), limit))
+            return [event_from_row(r) for r in await cur.fetchall()]
+
+        return await self._io(op)
+
+    async def claim_subscription(self, name: str, owner: str, lease_s: float) -> tuple[int, int, float] | None:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int, float] | None:
+            async with conn.transaction():
+                now = self._clock()
+                await conn.execute(INIT_SUBSCRIPTION_SQL.format(p="%s"), (name,))
+                cur = await conn.execute(CLAIM_SUBSCRIPTION_SQL.format(p="%s"), (owner, now + lease_s, name, owner, now))
+                if cur.rowcount == 0:
+                    return None
+                row = await (await conn.execute(SUBSCRIPTION_SQL.format(p="%s"), (name,))).fetchone()
+                assert row is not None
+                return int(row[0]), int(row[1]), float(row[2])
+
+        return await self._io(op)
+
+    async def advance_subscription(
+        self, name: str, owner: str, position: int, attempts: int, retry_at: float, last_error: str | None
+    ) -> bool:
+        params = (position, attempts, retry_at, last_error, name, owner)
+        return await self._execute(ADVANCE_SUBSCRIPTION_SQL.format(p="%s"), params) > 0
+
+    async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None:
+        await self._execute(DEAD_LETTER_SQL.format(p="%s"), (subscription, seq, attempts, error.model_dump_json(), at))
+
+    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            cur = await conn.execute(LIST_DEAD_LETTERS_SQL.format(p="%s"), (subscription, subscription, limit))
+            return [dead_letter_from_row(r) for r in await cur.fetchall()]
+
+        return await self._io(op)
+
+    async def mark_replayed(self, subscription: str, seq: int, at: float) -> None:
+        await self._execute(REPLAYED_SQL.format(p="%s"), (at, subscription, seq))
+
+    async def subscription_lag(self, name: str, types: Sequence[str]) -> tuple[int, int]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+            row = await (await conn.execute(SUBSCRIPTION_SQL.format(p="%s"), (name,))).fetchone()
+            position = int(row[0]) if row else 0
+            lag = await (await conn.execute(lag_sql("%s", len(types)), (position, *types) if types else ())).fetchone()
+            return position, int(lag[0]) if lag else 0
+
+        return await self._io(op)
 
     async def schedule_states(self) -> dict[str, tuple[bool, float | None]]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[bool, float | None]]:

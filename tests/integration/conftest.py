@@ -188,6 +188,21 @@ WORKFLOWS += [
     },
 ]
 WORKFLOWS.append({"name": "tick", "steps": [{"name": "hello", "task_type": "echo", "input": {"message": "${input.note}"}}]})
+WORKFLOWS.append(
+    {
+        "name": "on_order",
+        "input_schema": {
+            "type": "object",
+            "properties": {"payload": {"type": "object", "required": ["amount"], "properties": {"amount": {"type": "integer"}}}},
+        },
+        "steps": [{"name": "book", "task_type": "echo", "input": {"message": "${input.id}"}}],
+    }
+)
+# Events (tests/integration/test_events.py): orders start runs; pings go to a task type.
+SUBSCRIPTIONS = [
+    {"name": "orders", "types": ["order.placed"], "workflow": "on_order", "max_attempts": 3, "backoff_s": 0.2},
+    {"name": "pings", "types": ["ping"], "task_type": "echo", "max_attempts": 2, "backoff_s": 0.2},
+]
 # A schedule that fires during the whole session (tests/integration/test_schedules.py).
 SCHEDULES = [
     {"name": "ticker", "workflow": "tick", "cron": "*/3 * * * * *", "input": {"note": "tick"}, "overlap": "allow", "catch_up": "last"}
@@ -240,7 +255,13 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     spans_path = str(tmp_path_factory.mktemp("traces") / "spans.jsonl")
     args = {
         **APP_ARGS,
-        "workflows": {"store_path": store_path, "lease_s": 3, "definitions": WORKFLOWS, "schedules": SCHEDULES},
+        "workflows": {
+            "store_path": store_path,
+            "lease_s": 3,
+            "definitions": WORKFLOWS,
+            "schedules": SCHEDULES,
+            "subscriptions": SUBSCRIPTIONS,
+        },
         "tracing": {"exporter": f"file:{spans_path}"},
     }
     serve.run(build_app(args), name="serveflow", route_prefix="/")

@@ -212,10 +212,10 @@ def test_migrations_upgrade_a_pre_versioning_database(tmp_path: Any) -> None:
         " VALUES ('r1', 'one', 'running', '{}', 'h', ?, 1)",
         (ONE_STEP["one"].model_dump_json(),),
     )
-    assert migrate_sqlite(db) == [2, 3, 4, 5]
+    assert migrate_sqlite(db) == [v for v, _, _ in SQLITE_MIGRATIONS[1:]]
     assert migrate_sqlite(db) == []  # idempotent; replicas starting together apply each once
     versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [v for v, _, _ in SQLITE_MIGRATIONS]
     assert db.execute("SELECT lease_epoch, priority, concurrency_key FROM runs WHERE run_id='r1'").fetchone() == (0, 1, None)
     db.close()
     store = SqliteRunStore(path)

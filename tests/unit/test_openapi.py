@@ -64,5 +64,5 @@ def test_bodies_and_answers_come_from_the_models(app_and_doc: tuple[Any, dict[st
             for code, response in op["responses"].items():
                 if int(code) >= 400:  # every failure is an envelope
                     ref = response["content"]["application/json"]["schema"]["$ref"]
-                    assert ref.endswith(("/TaskResult", "/RunResult", "/ScheduleResult")), (method, path, code)
+                    assert ref.endswith(("/TaskResult", "/RunResult", "/ScheduleResult", "/EventResult")), (method, path, code)
                     assert ref.rsplit("/", 1)[1] in schemas, ref  # every model it names is in the document
