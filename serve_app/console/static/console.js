@@ -130,6 +130,7 @@ const routes = [
   [/^\/workflows\/?$/, workflowsPage, "workflows"],
   [/^\/workflows\/([^/]+)$/, workflowPage, "workflows"],
   [/^\/schedules\/?$/, schedulesPage, "schedules"],
+  [/^\/events\/?$/, eventsPage, "events"],
 ];
 
 function parseHash() {
@@ -592,6 +593,53 @@ async function workflowPage({ args: [name], live }) {
     form,
     h("p", {}, h("a", { href: `#/runs?workflow=${encodeURIComponent(doc.name)}` }, `Runs of ${doc.name}`)),
   );
+}
+
+// ------------------------------------------------------------------ events and dead letters
+
+async function eventsPage({ live }) {
+  const draw = async () => {
+    const [status, letters, events] = await Promise.all([api("v1/status"), api("v1/dead-letters", { params: { limit: 100 } }), api("v1/events", { params: { limit: 1000 } })]);
+    if (!live()) return;
+    const subs = (status.doc.components && status.doc.components.Coordinator && status.doc.components.Coordinator.details.subscriptions) || [];
+    const outcome = h("div", { "aria-live": "polite" });
+    const replay = (d) => async () => {
+      const res = await api(`v1/dead-letters/${encodeURIComponent(d.subscription)}/${d.event.seq}/replay`, { method: "POST" });
+      if (!res.doc.success) return outcome.replaceChildren(errorBox(res.doc.error));
+      await draw();
+    };
+    const recent = ((events.doc && events.doc.events) || []).slice(-50).reverse();
+    show(
+      h("h1", {}, "Events"),
+      h("h2", {}, "Subscriptions"),
+      Array.isArray(subs) && subs.length
+        ? table(["subscription", "types", "delivers to", "position", "lag"], subs.map((s) => [s.name, s.types.join(", "), s.target, String(s.position), String(s.lag)]))
+        : h("p", { class: "muted" }, "No subscriptions are configured."),
+      h("h2", {}, "Dead letters"),
+      outcome,
+      letters.doc.dead_letters && letters.doc.dead_letters.length
+        ? table(
+            ["subscription", "event", "type", "attempts", "error", "dead since", ""],
+            letters.doc.dead_letters.map((d) => [
+              d.subscription,
+              `${d.event.id} (#${d.event.seq})`,
+              d.event.type,
+              String(d.attempts),
+              d.error ? `${d.error.code}: ${d.error.message}` : "",
+              `${when(d.dead_at)}${d.replayed_at ? ` · replayed ${when(d.replayed_at)}` : ""}`,
+              h("button", { type: "button", class: "secondary", onclick: replay(d), "aria-label": `Replay ${d.event.id} to ${d.subscription}` }, "Replay"),
+            ]),
+            { narrow: [5] },
+          )
+        : h("p", { class: "muted" }, "No dead letters."),
+      h("h2", {}, "Latest events"),
+      recent.length
+        ? table(["#", "id", "type", "key", "payload", "appended"], recent.map((e) => [String(e.seq), e.id, e.type, e.key || "", JSON.stringify(e.payload), when(e.appended_at)]), { narrow: [4] })
+        : h("p", { class: "muted" }, "No events yet."),
+    );
+  };
+  await draw();
+  refreshIn(5, live, draw);
 }
 
 // ------------------------------------------------------------------ schedules
