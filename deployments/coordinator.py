@@ -265,6 +265,7 @@ class Coordinator:
         await self._workflow_loop.stop()
         await self._schedule_loop.stop()
         await self._subscription_loop.stop()
+        await self._subscriptions.close()
         await self._refresh.stop()
         await self._engine.shutdown()
         await self._store.close()

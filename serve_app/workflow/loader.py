@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from serve_app.core.errors import ServeflowError
 from serve_app.runtime.config import WorkflowsConfig
@@ -46,15 +46,27 @@ def _from_module(name: str, known: set[str] | None) -> list[WorkflowSpec]:
     return specs
 
 
-def load_schedules(config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec]) -> list[ScheduleSpec]:
-    """The configured schedules, validated (cron, time zone, workflow, input); WorkflowError names each."""
-    schedules, problems = [], []
-    for i, doc in enumerate(config.schedules):
+M = TypeVar("M", bound=BaseModel)
+
+
+def _models(docs: list[dict[str, Any]], model: type[M], what: str) -> tuple[list[M], list[str]]:
+    """Config documents validated into ``model``; the problems name each one (``what 'name': field: why``)."""
+    out, problems = [], []
+    for i, doc in enumerate(docs):
         try:
-            schedules.append(ScheduleSpec.model_validate(doc))
+            out.append(model.model_validate(doc))
         except ValidationError as exc:
             name = doc.get("name", f"#{i}") if isinstance(doc, dict) else f"#{i}"
-            problems += [f"schedule {name!r}: {'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}" for e in exc.errors(include_url=False)]
+            problems += [
+                f"{what} {name!r}: {'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            ]
+    return out, problems
+
+
+def load_schedules(config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec]) -> list[ScheduleSpec]:
+    """The configured schedules, validated (cron, time zone, workflow, input); WorkflowError names each."""
+    schedules, problems = _models(config.schedules, ScheduleSpec, "schedule")
     problems += schedule_problems(schedules, workflows)
     for s in schedules:
         spec = workflows.get(s.workflow)
@@ -72,13 +84,7 @@ def load_subscriptions(
     config: WorkflowsConfig, workflows: Mapping[str, WorkflowSpec], task_types: Iterable[str]
 ) -> list[SubscriptionSpec]:
     """The configured event subscriptions, validated; WorkflowError names each one at fault."""
-    subs, problems = [], []
-    for i, doc in enumerate(config.subscriptions):
-        try:
-            subs.append(SubscriptionSpec.model_validate(doc))
-        except ValidationError as exc:
-            name = doc.get("name", f"#{i}") if isinstance(doc, dict) else f"#{i}"
-            problems += [f"subscription {name!r}: {'.'.join(str(p) for p in e['loc']) or 'definition'}: {e['msg']}" for e in exc.errors(include_url=False)]
+    subs, problems = _models(config.subscriptions, SubscriptionSpec, "subscription")
     problems += subscription_problems(subs, workflows, set(task_types))
     if problems:
         raise WorkflowError("subscriptions", problems)

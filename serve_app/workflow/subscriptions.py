@@ -89,6 +89,7 @@ class SubscriptionRunner:
         self._lease_s = lease_s
         self._clock = clock
         self.delivered = 0  # deliveries made here (tests count them)
+        self._rounds: dict[str, asyncio.Task[None]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -98,7 +99,21 @@ class SubscriptionRunner:
         return await self._store.append_event(event_id or uuid.uuid4().hex, type, key, payload, self._clock())
 
     async def tick(self) -> None:
-        await asyncio.gather(*(self._run(s) for s in self._subs.values()))
+        """Start a delivery round for every subscription whose last round is over. Rounds are not
+        awaited here: a subscription whose deliveries are slow never delays another's."""
+        for name, spec in self._subs.items():
+            current = self._rounds.get(name)
+            if current is None or current.done():
+                self._rounds[name] = asyncio.get_running_loop().create_task(self._run(spec), name=f"subscription-{name}")
+
+    async def drain(self) -> None:
+        """Wait for the rounds in flight (tests, and a Coordinator shutting down)."""
+        await asyncio.gather(*self._rounds.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._rounds.values():
+            task.cancel()
+        await self.drain()
 
     async def _run(self, spec: SubscriptionSpec) -> None:
         try:
