@@ -128,6 +128,8 @@ class Coordinator:
         await self._engine.renew_leases()
         await self._engine.resume()
         self._prometheus.active_runs(len(self._engine.active_runs))
+        for sub in await self._subscriptions.describe():  # the lag metric, kept current without /v1/status
+            self._prometheus.subscription_lag(sub["name"], sub["lag"])
 
     # gRPC methods: Serve's gRPC proxy calls the method named like the RPC.
     async def SubmitTask(self, request: Any, grpc_context: Any = None) -> pb.TaskResult:
@@ -200,8 +202,6 @@ class Coordinator:
         try:
             schedules: Any = await self._schedules.describe()  # next fire times
             subscriptions: Any = await self._subscriptions.describe()  # position and lag of each
-            for sub in subscriptions:
-                self._prometheus.subscription_lag(sub["name"], sub["lag"])
         except Exception as exc:  # the store is away: already reported through the lease loop
             schedules = subscriptions = {"error": error_text(exc)}
         own = ComponentStatus(

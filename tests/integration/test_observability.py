@@ -63,6 +63,12 @@ def test_prometheus_metrics(serve_instance: dict[str, Any], http: httpx.Client) 
     assert 'task_type="echo"' in text and 'outcome="success"' in text
     assert "serveflow_task_latency_ms_bucket" in text
 
+    def lag_exported() -> str | None:
+        text = httpx.get(serve_instance["metrics"], timeout=5).text
+        return text if 'serveflow_subscription_lag{' in text and 'subscription="orders"' in text else None
+
+    wait_until(lag_exported, 60, interval_s=2, what="the subscription lag gauge")
+
 
 def _cli(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
