@@ -30,7 +30,7 @@ from serve_app.proto import serveflow_pb2 as pb
 from serve_app.proto import serveflow_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-E = TypeVar("E", TaskResult, RunResult)
+E = TypeVar("E", TaskResult, RunResult, ScheduleResult, EventResult)
 
 # Codes where the task did not run (not_ready, overloaded) or its replica died (unavailable).
 DEFAULT_RETRY_CODES = frozenset({ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value, ErrorCode.UNAVAILABLE.value})
@@ -179,11 +179,15 @@ class ServeflowClient(_Base):
                 return result
             self._sleep(self.retry.backoff(attempt, result))
 
-    def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
+    def _rpc(self, method: Callable[..., Any], request: Any, timeout_s: float, decode: Callable[[Any], E], envelope: type[E]) -> E:
+        """One unary call answered by an envelope; a transport failure becomes that envelope's failure."""
         try:
-            return codec.run_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
+            return decode(method(request, timeout=timeout_s, metadata=self._metadata))
         except grpc.RpcError as err:
-            return failure_from_rpc_error(err, RunResult)
+            return failure_from_rpc_error(err, envelope)
+
+    def _run_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> RunResult:
+        return self._rpc(method, request, timeout_s, codec.run_from_proto, RunResult)
 
     def start_run(
         self,
@@ -226,17 +230,10 @@ class ServeflowClient(_Base):
         return self._run_rpc(self._stub.SendSignal, _signal_request(run_id, name, payload, signal_id), timeout_s)
 
     def _schedule_rpc(self, method: Callable[..., Any], name: str, timeout_s: float) -> ScheduleResult:
-        try:
-            reply = method(pb.ScheduleRequest(name=name), timeout=timeout_s, metadata=self._metadata)
-            return codec.schedule_from_proto(reply)
-        except grpc.RpcError as err:
-            return failure_from_rpc_error(err, ScheduleResult)
+        return self._rpc(method, pb.ScheduleRequest(name=name), timeout_s, codec.schedule_from_proto, ScheduleResult)
 
     def _event_rpc(self, method: Callable[..., Any], request: Any, timeout_s: float) -> EventResult:
-        try:
-            return codec.event_from_proto(method(request, timeout=timeout_s, metadata=self._metadata))
-        except grpc.RpcError as err:
-            return failure_from_rpc_error(err, EventResult)
+        return self._rpc(method, request, timeout_s, codec.event_from_proto, EventResult)
 
     def send_event(
         self, type: str, payload: Any = None, *, key: str | None = None, event_id: str | None = None, timeout_s: float = 10.0

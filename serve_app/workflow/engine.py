@@ -593,15 +593,9 @@ class RunEngine:
             run.error = _CANCELLED
         elif fatal is not None:
             run.status = RunStatus.FAILED
-            err = fatal.error
-            run.error = ErrorInfo(
-                code=err.code if err else ErrorCode.INTERNAL.value,
-                message=f"step {fatal.name!r} failed: {err.message if err else 'unknown error'}",
-                # A run failed by a retryable step error (e.g. a pool that never became ready) may
-                # succeed if started again.
-                retryable=bool(err and err.retryable),
-                details={"step": fatal.name, "step_error": err.model_dump(mode="json") if err else None},
-            )
+            # A run failed by a retryable step error (e.g. a pool that never became ready) may
+            # succeed if started again.
+            run.error = _because(fatal.error, f"step {fatal.name!r} failed", "step_error", step=fatal.name)
         else:
             run.status = RunStatus.SUCCEEDED
             # Default output: the results of the final steps that succeeded (skipped ones have none).
@@ -714,13 +708,9 @@ class RunEngine:
             await writer.flush()
         if stop_on_failure and failures:
             first = min(failures, key=lambda o: o.index)
-            err = first.error
             st.status = StepStatus.FAILED
-            st.error = ErrorInfo(
-                code=err.code if err else ErrorCode.INTERNAL.value,
-                message=f"step {step.name!r} element {first.index} failed: {err.message if err else 'unknown error'}",
-                retryable=bool(err and err.retryable),
-                details={"step": step.name, "index": first.index, "item_error": err.model_dump(mode="json") if err else None},
+            st.error = _because(
+                first.error, f"step {step.name!r} element {first.index} failed", "item_error", step=step.name, index=first.index
             )
             if step.workflow is not None:
                 await self._cancel_children(run.run_id, step.name)
@@ -813,17 +803,15 @@ class RunEngine:
             )
         if child.status is RunStatus.SUCCEEDED:
             return TaskResult(success=True, result=child.output)
-        err = child.error
-        return TaskResult(
-            success=False,
-            error=ErrorInfo(
-                code=err.code if err else ErrorCode.INTERNAL.value,
-                message=f"{where}: child run {run_id} of {child.workflow!r} {child.status.value}: "
-                f"{err.message if err else 'no error recorded'}",
-                retryable=bool(err and err.retryable),
-                details={"step": step.name, "child_run_id": run_id, "child_error": err.model_dump(mode="json") if err else None},
-            ),
+        error = _because(
+            child.error,
+            f"{where}: child run {run_id} of {child.workflow!r} {child.status.value}",
+            "child_error",
+            missing="no error recorded",
+            step=step.name,
+            child_run_id=run_id,
         )
+        return TaskResult(success=False, error=error)
 
     async def _await_run(self, run_id: str, timeout_s: float | None) -> RunState | None:
         """The run once it has ended, or None after ``timeout_s``. A run driven here is awaited
@@ -869,6 +857,17 @@ class RunEngine:
             retryable=True,
             details={"step": step.name, "refusals": refusals, "start_timeout_s": self._start_timeout_s, "last_error": last.code},
         )
+
+
+def _because(err: ErrorInfo | None, what: str, cause: str, *, missing: str = "unknown error", **details: Any) -> ErrorInfo:
+    """``what`` failed because of ``err`` (a step's, an element's or a child run's error): its code
+    and retryability, the message prefixed, the inner error kept whole under ``details[cause]``."""
+    return ErrorInfo(
+        code=err.code if err else ErrorCode.INTERNAL.value,
+        message=f"{what}: {err.message if err else missing}",
+        retryable=bool(err and err.retryable),
+        details={**details, cause: err.model_dump(mode="json") if err else None},
+    )
 
 
 def _invalid(step: StepSpec, what: str, exc: MissingValue, **details: Any) -> ErrorInfo:

@@ -146,7 +146,8 @@ class RunStore(Protocol):
         self, name: str, owner: str, position: int, attempts: int, retry_at: float, last_error: str | None
     ) -> bool: ...
     async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None: ...
-    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def list_dead_letters(self, subscription: str | None, limit: int, seq: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``seq`` picks the dead letter of one event."""
     async def mark_replayed(self, subscription: str, seq: int, at: float) -> None: ...
     async def subscription_lag(self, name: str, types: Sequence[str]) -> tuple[int, int]:
         """(position, events of ``types`` after it)."""
@@ -189,7 +190,8 @@ DEAD_LETTER_SQL = (
 LIST_DEAD_LETTERS_SQL = (
     "SELECT d.subscription, d.attempts, d.error_json, d.dead_at, d.replayed_at, e.seq, e.event_id, e.type, e.key,"
     " e.payload_json, e.appended_at FROM dead_letters d JOIN events e ON e.seq = d.seq"
-    " WHERE (CAST({p} AS TEXT) IS NULL OR d.subscription = {p}) ORDER BY d.dead_at DESC, d.seq DESC LIMIT {p}"
+    " WHERE (CAST({p} AS TEXT) IS NULL OR d.subscription = {p}) AND (CAST({p} AS BIGINT) IS NULL OR d.seq = {p})"
+    " ORDER BY d.dead_at DESC, d.seq DESC LIMIT {p}"
 )
 REPLAYED_SQL = "UPDATE dead_letters SET replayed_at={p} WHERE subscription={p} AND seq={p}"
 
@@ -720,8 +722,8 @@ class SqliteRunStore:
         params = (subscription, seq, attempts, error.model_dump_json(), at)
         await self._io(lambda: self._db.execute(DEAD_LETTER_SQL.format(p="?"), params))
 
-    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
-        params = (subscription, subscription, limit)
+    async def list_dead_letters(self, subscription: str | None, limit: int, seq: int | None = None) -> list[dict[str, Any]]:
+        params = (subscription, subscription, seq, seq, limit)
         rows = await self._io(lambda: self._db.execute(LIST_DEAD_LETTERS_SQL.format(p="?"), params).fetchall())
         return [dead_letter_from_row(r) for r in rows]
 
@@ -996,9 +998,13 @@ class MemoryRunStore:
     async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None:
         self._dead[(subscription, seq)] = {"attempts": attempts, "error": error, "dead_at": at, "replayed_at": None}
 
-    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list_dead_letters(self, subscription: str | None, limit: int, seq: int | None = None) -> list[dict[str, Any]]:
         rows = sorted(
-            ((sub, seq, d) for (sub, seq), d in self._dead.items() if subscription is None or sub == subscription),
+            (
+                (sub, n, d)
+                for (sub, n), d in self._dead.items()
+                if (subscription is None or sub == subscription) and (seq is None or n == seq)
+            ),
             key=lambda r: (r[2]["dead_at"], r[1]),
             reverse=True,
         )[:limit]
@@ -1009,9 +1015,9 @@ class MemoryRunStore:
                 "error": d["error"].model_dump(mode="json"),
                 "dead_at": d["dead_at"],
                 "replayed_at": d["replayed_at"],
-                "event": self._events[seq - 1].public(),
+                "event": self._events[n - 1].public(),
             }
-            for sub, seq, d in rows
+            for sub, n, d in rows
         ]
 
     async def mark_replayed(self, subscription: str, seq: int, at: float) -> None:

@@ -417,9 +417,10 @@ class PostgresRunStore:
     async def add_dead_letter(self, subscription: str, seq: int, attempts: int, error: ErrorInfo, at: float) -> None:
         await self._execute(DEAD_LETTER_SQL.format(p="%s"), (subscription, seq, attempts, error.model_dump_json(), at))
 
-    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list_dead_letters(self, subscription: str | None, limit: int, seq: int | None = None) -> list[dict[str, Any]]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-            cur = await conn.execute(LIST_DEAD_LETTERS_SQL.format(p="%s"), (subscription, subscription, limit))
+            params = (subscription, subscription, seq, seq, limit)
+            cur = await conn.execute(LIST_DEAD_LETTERS_SQL.format(p="%s"), params)
             return [dead_letter_from_row(r) for r in await cur.fetchall()]
 
         return await self._io(op)

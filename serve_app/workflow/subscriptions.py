@@ -169,7 +169,7 @@ class SubscriptionRunner:
         spec = self._subs.get(subscription)
         if spec is None:
             raise NotFound(f"no subscription {subscription!r}", details={"subscriptions": self.names})
-        letters = [d for d in await self._store.list_dead_letters(subscription, 100_000) if d["event"]["seq"] == seq]
+        letters = await self._store.list_dead_letters(subscription, 1, seq=seq)
         if not letters:
             raise NotFound(f"no dead letter {seq} for subscription {subscription!r}")
         letter = letters[0]
