@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Any
 
+import httpx
 import ray
 
 from serve_app.client.load import LoadConfig, LoadReport, run_load
@@ -33,6 +34,25 @@ def sigkill_replica(deployment: str) -> int:
     pid = next(iter(pids.values()))
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def pool_settled(http: httpx.Client, deployment: str, pool: str) -> bool:
+    """The OrganismManager's last probe of ``pool`` was answered by a replica that is alive now,
+    Serve runs nothing but healthy replicas of it, and the Coordinator routes to it.
+
+    ``/readyz`` alone can say 200 from a probe answered before a kill was noticed; a test that
+    needs tasks in flight on the replacement waits for this instead."""
+    live = {name.rsplit("#", 1)[-1] for name in replica_pids(deployment)}
+    status = http.get("/v1/status").json()
+    info = status["pools"][pool]
+    reported = info["details"]["reported"].get("details", {})
+    states = status["deployments"].get(deployment, {}).get("replica_states", {})
+    return (
+        info["status"] == "healthy"
+        and reported.get("replica_id") in live
+        and set(states) == {"RUNNING"}
+        and http.get("/readyz").status_code == 200
+    )
 
 
 def start_load(pool: cf.ThreadPoolExecutor, cfg: LoadConfig) -> "cf.Future[LoadReport]":

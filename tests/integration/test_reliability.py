@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 from serve_app.core.codec import ENVELOPE_KEY
 from serve_app.proto import serveflow_pb2 as pb
 from tests.integration.conftest import wait_until
-from tests.integration.faults import assert_nothing_lost, load, replica_pids, report_line, sigkill_replica, start_load
+from tests.integration.faults import (
+    assert_nothing_lost,
+    load,
+    pool_settled,
+    replica_pids,
+    report_line,
+    sigkill_replica,
+    start_load,
+)
 
 GENERAL = "HandlerWorker_general"
 RETRYABLE = {"unavailable", "not_ready", "overloaded"}
@@ -41,8 +49,11 @@ def test_worker_sigkill_idle_and_in_flight(serve_instance: dict[str, Any], http:
     print(report_line("idle kill", idle))
     assert_nothing_lost(idle, allowed_codes=RETRYABLE)
     wait_until(lambda: _general_pids() and old not in _general_pids(), 60, what="replacement replica")
-    # The in-flight kill below needs tasks in flight: wait until the manager reports the new replica ready.
-    wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="general pool ready again")
+    # The in-flight kill below needs tasks in flight: wait until the manager has heard from the
+    # new replica (twice in a row, a readiness poll apart), not merely until /readyz says 200.
+    for _ in range(2):
+        wait_until(lambda: pool_settled(http, GENERAL, "general"), 60, what="general pool settled on the new replica")
+        time.sleep(0.6)
 
     # In flight: two loads of 0.5 s tasks, one declared idempotent; kill mid-way.
     sleep = {"task_type": "sleep", "payload": {"seconds": 0.5}, "count": 24, "workers": 4}
@@ -95,7 +106,9 @@ def test_handler_blocking_its_event_loop_is_timed_out_and_replaced(http: httpx.C
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
     assert elapsed < 10
     # Its health check cannot run either, so Serve replaces it well before the block would end.
-    after = wait_until(lambda: (pid := _fragile_pid(http)) and pid != before and pid, 55, interval_s=1, what="replacement")
+    after = wait_until(
+        lambda: (pid := _fragile_pid(http)) and pid != before and pid, 55, interval_s=1, what="replacement"
+    )
     assert after != before
     assert time.monotonic() - started < 60
 
@@ -111,7 +124,9 @@ def test_fuzzed_bodies_on_real_http(http: httpx.Client, raw: bytes) -> None:
 
 def test_grpc_garbage_oversized_and_stays_healthy(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     with grpc.insecure_channel(serve_instance["grpc"]) as ch:
-        raw = ch.unary_unary("/serveflow.TaskService/SubmitTask", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        raw = ch.unary_unary(
+            "/serveflow.TaskService/SubmitTask", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256))):
             with pytest.raises(grpc.RpcError) as info:
                 raw(garbage, timeout=10, metadata=(("application", "serveflow"),))
@@ -119,7 +134,9 @@ def test_grpc_garbage_oversized_and_stays_healthy(serve_instance: dict[str, Any]
             assert ENVELOPE_KEY in dict(info.value.trailing_metadata())
             assert "DecodeError" not in (info.value.details() or "")
         # Serve's proxy takes messages up to 2 GiB; our payload limit refuses this one.
-        big = pb.TaskRequest(task_type="echo", payload_json=json.dumps({"message": "x" * (2 << 20)})).SerializeToString()
+        big = pb.TaskRequest(
+            task_type="echo", payload_json=json.dumps({"message": "x" * (2 << 20)})
+        ).SerializeToString()
         with pytest.raises(grpc.RpcError) as info:
             raw(big, timeout=30, metadata=(("application", "serveflow"),))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
