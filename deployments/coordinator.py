@@ -21,7 +21,7 @@ from serve_app.ingress.grpc import GrpcIngress
 from serve_app.ingress.http import build_http_app
 from serve_app.ingress.operations import Backend
 from serve_app.runtime.health import coordinator_state
-from serve_app.runtime.loops import PeriodicTask
+from serve_app.runtime.loops import STARTUP_HURRY_S, PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
 from serve_app.proto import serveflow_pb2 as pb
 from serve_app.runtime.telemetry import FanOut, TaskStats
@@ -114,7 +114,13 @@ class Coordinator:
         )
         self._subscription_loop.start()
         poll = self._config.readiness_poll_s
-        self._refresh = PeriodicTask("readiness-refresh", self._refresh_readiness, poll, stall_after_s=max(30.0, 20 * poll))
+        self._refresh = PeriodicTask(
+            "readiness-refresh",
+            self._refresh_readiness,
+            poll,
+            stall_after_s=max(30.0, 20 * poll),
+            hurry=lambda: time.time() - self._since < STARTUP_HURRY_S and bool(self._readiness.not_ready_pools()),
+        )
         # Never block construction on the manager: until it reports, requests get 503 not_ready.
         self._refresh.start()
 

@@ -14,7 +14,7 @@ from deployments.ray_calls import await_response, serve_deployment_states
 from serve_app.runtime.config import AppConfig, pool_deployment_name
 from serve_app.core.errors import error_text
 from serve_app.runtime.health import ComponentTracker, rollup
-from serve_app.runtime.loops import PeriodicTask
+from serve_app.runtime.loops import STARTUP_HURRY_S, PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState
 
 logger = logging.getLogger("serveflow.manager")
@@ -36,7 +36,16 @@ class OrganismManager:
         self._serve_error: str | None = None
         self._started = time.time()
         interval = self._config.probe_interval_s
-        self._probe_loop = PeriodicTask("pool-probe", self._probe_all, interval, stall_after_s=max(30.0, 10 * interval))
+        self._probe_loop = PeriodicTask(
+            "pool-probe",
+            self._probe_all,
+            interval,
+            stall_after_s=max(30.0, 10 * interval),
+            # While starting, probe often: the first answer of every pool is what makes serveflow ready.
+            hurry=lambda: time.time() - self._started < STARTUP_HURRY_S
+            and not all(t.ready for t in self._trackers.values()),
+            hurry_interval_s=0.2,
+        )
         self._serve_loop = PeriodicTask("serve-status", self._read_serve_status, max(2.0, interval), stall_after_s=60.0)
         # Do not wait for pools here: they may still be starting; readiness says so.
         self._probe_loop.start()

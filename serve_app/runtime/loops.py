@@ -14,14 +14,32 @@ from typing import Awaitable, Callable
 
 logger = logging.getLogger("serveflow.loops")
 
+# How long after a replica starts its readiness loops may hurry (poll faster until every part is ready).
+STARTUP_HURRY_S = 60.0
+
 
 class PeriodicTask:
-    """Runs ``step`` every ``interval_s`` seconds; exceptions are logged, not fatal."""
+    """Runs ``step`` every ``interval_s`` seconds; exceptions are logged, not fatal.
 
-    def __init__(self, name: str, step: Callable[[], Awaitable[None]], interval_s: float, *, stall_after_s: float) -> None:
+    ``hurry`` (optional) is asked after each step: while it says True the next step comes after
+    ``hurry_interval_s`` instead (a replica that is starting polls faster until it has its answer).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[None]],
+        interval_s: float,
+        *,
+        stall_after_s: float,
+        hurry: Callable[[], bool] | None = None,
+        hurry_interval_s: float = 0.1,
+    ) -> None:
         self.name = name
         self._step = step
         self._interval = interval_s
+        self._hurry = hurry
+        self._hurry_interval = min(hurry_interval_s, interval_s)
         self._stall_after = stall_after_s
         self._task: asyncio.Task[None] | None = None
         self.last_tick: float | None = None
@@ -51,7 +69,7 @@ class PeriodicTask:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s step failed: %s", self.name, self.last_error, exc_info=exc)
             self.last_tick = time.monotonic()
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._hurry_interval if self._hurry is not None and self._hurry() else self._interval)
 
     def problem(self) -> str | None:
         """Why this loop is not doing its job, or None."""

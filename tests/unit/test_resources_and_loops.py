@@ -62,3 +62,23 @@ async def test_periodic_task_survives_errors_and_reports_exit() -> None:
     assert len(calls) > 2 and loop.problem() is None and loop.last_error is None
     await loop.stop()
     assert loop.problem() == "t loop exited"
+
+
+@pytest.mark.anyio
+async def test_periodic_task_hurries_only_while_asked() -> None:
+    ticks: list[float] = []
+    hurrying = True
+
+    async def step() -> None:
+        ticks.append(asyncio.get_running_loop().time())
+
+    loop = PeriodicTask("t", step, 10.0, stall_after_s=30, hurry=lambda: hurrying, hurry_interval_s=0.02)
+    loop.start()
+    await asyncio.sleep(0.2)
+    fast = len(ticks)
+    assert fast >= 4  # every 0.02 s, not every 10 s
+    hurrying = False
+    await asyncio.sleep(0.2)
+    # At most the one step already scheduled on the short interval, then the long one.
+    assert len(ticks) <= fast + 1
+    await loop.stop()
