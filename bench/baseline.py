@@ -38,5 +38,6 @@ class BaselineIngress:
         return pb.TaskResult(success=True, result_json=json.dumps(result))
 
 
-def build_baseline() -> Any:
+def build_baseline(args: dict[str, Any] | None = None) -> Any:
+    """Serve's application builder (``import_path: bench.baseline:build_baseline`` takes no arguments)."""
     return BaselineIngress.bind(BaselineWorker.bind())

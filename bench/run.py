@@ -361,6 +361,12 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
         "",
     ]
     section = "\n".join(header + lines) + "\n"
+    insert_section(path, section)
+    print(section)
+
+
+def insert_section(path: Path, section: str) -> None:
+    """Put ``section`` first under the results marker of BENCHMARKS.md (newest run on top)."""
     existing = path.read_text() if path.exists() else ""
     marker = "<!-- results -->"
     if marker in existing:
@@ -368,7 +374,6 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
         path.write_text(head + marker + "\n\n" + section + "\n" + tail.lstrip("\n"))
     else:
         path.write_text(f"# Benchmarks\n\n{marker}\n\n{section}")
-    print(section)
 
 
 if __name__ == "__main__":
