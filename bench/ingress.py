@@ -1,10 +1,12 @@
 """Ingress throughput: serveflow vs a hand-written Serve app, under each of Serve's ingress modes.
 
-    python -m bench.ingress                  # every mode, both systems (about 8 minutes on 2 cores)
+    python -m bench.ingress                  # every mode, both systems (about 12 minutes on 2 cores)
     python -m bench.ingress --modes default throughput --seconds 8
 
-For each mode (Serve's defaults; ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``; ``RAY_SERVE_ENABLE_HA_PROXY=1``)
-and each system (serveflow from ``serve_config.yaml`` with every feature on: SQLite store, gRPC
+For each mode — ``default`` (Serve as it ships), ``throughput`` (serveflow's default profile:
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` behind Serve's proxy), ``serve-throughput`` (Serve's
+throughput mode as it ships, direct ingress included) and ``haproxy`` (that plus
+``RAY_SERVE_ENABLE_HA_PROXY=1``) — and each system (serveflow from ``serve_config.yaml`` with every feature on: SQLite store, gRPC
 ingress, health probing, tracing, metrics; the hand-written app of ``bench/baseline.py`` with the
 same hops and CPU shares) this starts ``serve run`` from nothing — Serve reads these switches
 when its processes start, so every combination gets a fresh cluster — and measures a ``noop``
@@ -41,11 +43,14 @@ import httpx
 import psutil
 
 from bench.run import ROOT, SERVICER, _machine, insert_section
+from serve_app.core.settings import SERVE_PROFILES
 
+# Every mode sets SERVEFLOW_SERVE_PROFILE too, so nothing in serveflow adds switches of its own.
 MODES: dict[str, dict[str, str]] = {
-    "default": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "default": {"SERVEFLOW_SERVE_PROFILE": "serve-defaults"},  # Serve as it ships
+    "throughput": {"SERVEFLOW_SERVE_PROFILE": "throughput", **SERVE_PROFILES["throughput"]},  # serveflow's default
+    "serve-throughput": {"SERVEFLOW_SERVE_PROFILE": "serve-defaults", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"SERVEFLOW_SERVE_PROFILE": "haproxy", **SERVE_PROFILES["haproxy"]},
 }
 HTTP_URL, GRPC_TARGET = "http://127.0.0.1:8000", "127.0.0.1:9000"
 TASKS_URL = f"{HTTP_URL}/v1/tasks"

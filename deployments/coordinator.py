@@ -35,6 +35,9 @@ from serve_app.workflow.store import open_store
 
 logger = logging.getLogger("serveflow.coordinator")
 
+# How long one readiness long poll may wait at the OrganismManager for a change.
+READINESS_WAIT_S = 5.0
+
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.1},
@@ -63,6 +66,7 @@ class Coordinator:
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
+        self._readiness_version = 0
         self._stats = TaskStats()
         self._prometheus = ServeMetricsObserver()
         self._dispatcher = Dispatcher(
@@ -131,6 +135,7 @@ class Coordinator:
         await self._schedules.tick()
 
     async def _workflow_tick(self) -> None:
+        self._prometheus.publish()  # first: gauges stay current while the store is away
         await self._engine.renew_leases()
         await self._engine.resume()
         self._prometheus.active_runs(len(self._engine.active_runs))
@@ -189,14 +194,19 @@ class Coordinator:
         return TaskResult.model_validate(raw)
 
     async def _refresh_readiness(self) -> None:
+        # A long poll: the manager answers when readiness changes (or after READINESS_WAIT_S).
+        since = self._readiness_version if self._readiness.known else None
         try:
             report = await await_response(
-                self._manager.readiness.remote(), target="OrganismManager", timeout_s=self._config.probe_timeout_s
+                self._manager.readiness.remote(since, READINESS_WAIT_S),
+                target="OrganismManager",
+                timeout_s=READINESS_WAIT_S + self._config.probe_timeout_s,
             )
         except Exception as exc:
             self._readiness.update_failed(error_text(exc))
             raise
-        self._readiness.update(report)
+        self._readiness_version = report["version"]
+        self._readiness.update(report["pools"])
 
     async def get_status(self) -> dict[str, Any]:
         """Own status plus the OrganismManager's roll-up (or why it cannot be had)."""

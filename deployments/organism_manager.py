@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.ray_calls import await_response, serve_deployment_states
 from serve_app.runtime.config import AppConfig, pool_deployment_name
 from serve_app.core.errors import error_text
-from serve_app.runtime.health import ComponentTracker, rollup
+from serve_app.runtime.health import ChangeFeed, ComponentTracker, rollup
 from serve_app.runtime.loops import STARTUP_HURRY_S, PeriodicTask
 from serve_app.core.models import ComponentStatus, HealthState
 
@@ -22,7 +22,10 @@ logger = logging.getLogger("serveflow.manager")
 METRICS = "MetricsCollector"
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.05}, health_check_period_s=5, health_check_timeout_s=10)
+# Every Coordinator replica holds one readiness long poll open here, beside probes and status calls.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.05}, health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64
+)
 class OrganismManager:
     """Probes every pool and the MetricsCollector; answers readiness and status from that."""
 
@@ -34,6 +37,7 @@ class OrganismManager:
         self._trackers[METRICS] = ComponentTracker(METRICS)
         self._serve_states: dict[str, dict[str, Any]] = {}
         self._serve_error: str | None = None
+        self._feed = ChangeFeed()  # readiness, long-polled by Coordinators
         self._started = time.time()
         interval = self._config.probe_interval_s
         self._probe_loop = PeriodicTask(
@@ -87,6 +91,7 @@ class OrganismManager:
         probes = [self._probe(name, h) for name, h in self._pools.items() if self._probe_now(name)]
         probes.append(self._probe(METRICS, self._metrics))
         await asyncio.gather(*probes)
+        self._feed.publish(self._readiness_report())
 
     async def _read_serve_status(self) -> None:
         try:
@@ -101,14 +106,24 @@ class OrganismManager:
             if dep in states:
                 s = states[dep]
                 tracker.observe_serve(s["status"], s["message"], s["replica_states"])
+        self._feed.publish(self._readiness_report())
 
-    async def readiness(self) -> dict[str, dict[str, Any]]:
-        """Per pool: ready flag, state and error (what the Coordinator routes by)."""
+    def _readiness_report(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name in self._pools:
             snap = self._trackers[name].snapshot()
             out[name] = {"ready": self._trackers[name].ready, "status": snap.status.value, "error": snap.error}
         return out
+
+    async def readiness(self, since: int | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+        """Per pool: ready flag, state and error (what the Coordinator routes by), with its version.
+
+        A long poll: given the version the caller has, it answers when readiness changes or
+        after ``wait_s`` (at most 30 s), so readiness reaches Coordinators as soon as it
+        changes and costs one call per ``wait_s`` while nothing does."""
+        self._feed.publish(self._readiness_report())
+        version, pools = await self._feed.read(since, min(max(wait_s, 0.0), 30.0))
+        return {"version": version, "pools": pools}
 
     async def _resources(self) -> dict[str, Any]:
         try:

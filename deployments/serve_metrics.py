@@ -28,10 +28,19 @@ class ServeMetricsObserver:
             "serveflow_subscription_lag", description="Events of a subscription's types not yet delivered.", tag_keys=("subscription",)
         )
         self._counts: dict[str, int] = {}
+        self._published: dict[str, int] = {}
 
     def inflight(self, pool: str, delta: int) -> None:
+        # Counted here, exported by publish(): a gauge set costs about as much as the rest of
+        # a task's bookkeeping, and twice per task it showed in the ingress profile.
         self._counts[pool] = self._counts.get(pool, 0) + delta
-        self._inflight.set(self._counts[pool], tags={"pool": pool})
+
+    def publish(self) -> None:
+        """Export the in-flight gauges that changed since the last call (the lease loop calls it)."""
+        for pool, n in self._counts.items():
+            if self._published.get(pool) != n:
+                self._inflight.set(n, tags={"pool": pool})
+                self._published[pool] = n
 
     def finished(self, task_type: str, outcome: str, latency_ms: float) -> None:
         self._tasks.inc(tags={"task_type": task_type, "outcome": outcome})

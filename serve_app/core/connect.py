@@ -19,8 +19,10 @@ def connect(*, address: str | None = None, namespace: str | None = None, **init_
     """Connect this process to Ray once; later calls are no-ops.
 
     ``address``/``namespace`` default to ``RAY_ADDRESS``/``RAY_NAMESPACE``. With
-    no address a local cluster is started (``init_kwargs`` such as ``num_cpus``
-    apply only then).
+    no address (or ``"local"``) a local cluster is started (``init_kwargs`` such as
+    ``num_cpus`` apply only then), with Serve's switches of ``SERVEFLOW_SERVE_PROFILE``
+    (default ``throughput``) in its environment: its processes inherit it from here. An
+    existing cluster keeps the switches it was started with.
     """
     import ray
 
@@ -28,8 +30,11 @@ def connect(*, address: str | None = None, namespace: str | None = None, **init_
         if ray.is_initialized():
             return
         settings = Settings.from_env()
+        address = address if address is not None else settings.ray_address
+        if address in (None, "local"):
+            settings.export_serve_environment()
         ray.init(
-            address=address if address is not None else settings.ray_address,
+            address=address,
             namespace=namespace if namespace is not None else settings.ray_namespace,
             **init_kwargs,
         )

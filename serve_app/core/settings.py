@@ -6,6 +6,22 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+# Serve's own switches, by serveflow profile. Serve reads them when its processes start, so they
+# only take effect for a cluster started with them in its environment (see ``connect``). Measured
+# in bench/ingress.py; BENCHMARKS.md has the figures and the trade-offs.
+SERVE_PROFILES: dict[str, dict[str, str]] = {
+    # Serve's throughput mode (gRPC between the proxy and replicas and between replicas, user code
+    # on the replica's event loop, buffered access logs, GC frozen after start-up) but through
+    # Serve's proxy: its direct ingress does not come back after `serve.shutdown()` + `serve.start()`
+    # in the same cluster (clients never reconnect), and drains an ingress replica for 30 s.
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    # The above plus HAProxy in front of the ingress replicas (bundled binary, HAProxy 2.8).
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # Serve exactly as it ships.
+    "serve-defaults": {},
+}
+DEFAULT_SERVE_PROFILE = "throughput"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -17,6 +33,7 @@ class Settings:
     trace_exporter: str | None
     auth_token: str | None
     database_url: str | None = None
+    serve_profile: str = DEFAULT_SERVE_PROFILE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -28,4 +45,24 @@ class Settings:
             trace_exporter=env.get("SERVEFLOW_TRACE_EXPORTER") or None,
             auth_token=env.get("SERVEFLOW_AUTH_TOKEN") or None,
             database_url=env.get("SERVEFLOW_DATABASE_URL") or None,
+            serve_profile=_profile(env.get("SERVEFLOW_SERVE_PROFILE") or DEFAULT_SERVE_PROFILE),
         )
+
+    def serve_environment(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Serve's switches for this profile, less those the environment already sets (an explicit
+        ``RAY_SERVE_...=0`` wins over the profile)."""
+        env = os.environ if environ is None else environ
+        return {k: v for k, v in SERVE_PROFILES[self.serve_profile].items() if k not in env}
+
+    def export_serve_environment(self) -> dict[str, str]:
+        """Put this profile's Serve switches into this process's environment (what a local
+        cluster started from here inherits); returns what was added."""
+        added = self.serve_environment()
+        os.environ.update(added)
+        return added
+
+
+def _profile(name: str) -> str:
+    if name not in SERVE_PROFILES:
+        raise ValueError(f"SERVEFLOW_SERVE_PROFILE must be one of {sorted(SERVE_PROFILES)}, not {name!r}")
+    return name

@@ -7,6 +7,7 @@ error and since when. :func:`rollup` combines components into one overall state.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -139,3 +140,36 @@ def coordinator_state(
     if store_error:
         return HealthState.DEGRADED, f"run store unavailable: {store_error}"
     return HealthState.HEALTHY, readiness_error
+
+
+class ChangeFeed:
+    """The latest value of something and a version that moves only when it changes.
+
+    Readers long-poll: :meth:`read` answers at once when the reader's version is not the
+    latest, and otherwise waits (bounded) for the next change. A stable value then costs one
+    call per ``wait_s`` instead of one per poll interval, and a change reaches every reader
+    as soon as it is published."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.value: Any = None
+        self._changed = asyncio.Event()
+
+    def publish(self, value: Any) -> bool:
+        """Record ``value``; returns whether it differs from the last one (and wakes readers)."""
+        if self.version and value == self.value:
+            return False
+        self.value, self.version = value, self.version + 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    async def read(self, since: int | None = None, wait_s: float = 0.0) -> tuple[int, Any]:
+        """``(version, value)``: now if ``since`` is not the latest version, else after the next
+        change or ``wait_s`` seconds, whichever comes first."""
+        if since == self.version and wait_s > 0:
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        return self.version, self.value

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from serve_app.runtime.health import ComponentTracker, rollup
+import asyncio
+
+import pytest
+
+from serve_app.runtime.health import ChangeFeed, ComponentTracker, rollup
 from serve_app.core.models import ComponentStatus, HealthState
 
 
@@ -112,3 +116,24 @@ def test_serve_messages_lose_their_tracebacks() -> None:
         "The deployment failed to start 3 times in a row. "
         "serve_app.runtime.handlers.HandlerLoadError: pool 'broken' failed to import serve_app.examples.nope"
     )
+
+
+@pytest.mark.anyio
+async def test_change_feed_long_poll() -> None:
+    feed = ChangeFeed()
+    assert feed.publish({"general": {"ready": False}})
+    assert not feed.publish({"general": {"ready": False}})  # same value: no new version
+    version, value = await feed.read(None)
+    assert (version, value) == (1, {"general": {"ready": False}})
+    # Up to date: waits until the next change, which answers at once.
+    waiting = asyncio.ensure_future(feed.read(version, wait_s=10))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    feed.publish({"general": {"ready": True}})
+    assert await asyncio.wait_for(waiting, 1) == (2, {"general": {"ready": True}})
+    # Up to date and nothing changes: the answer comes after wait_s with the same version.
+    started = asyncio.get_running_loop().time()
+    assert await feed.read(2, wait_s=0.1) == (2, {"general": {"ready": True}})
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    # A stale reader is answered at once.
+    assert await asyncio.wait_for(feed.read(1, wait_s=10), 1) == (2, {"general": {"ready": True}})

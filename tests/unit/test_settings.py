@@ -1,0 +1,26 @@
+"""Settings read from the environment, and the Serve switches a serveflow profile stands for."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES, Settings
+
+
+def test_default_profile_is_throughput_optimized() -> None:
+    s = Settings.from_env({})
+    assert s.serve_profile == DEFAULT_SERVE_PROFILE == "throughput"
+    assert s.serve_environment({}) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+
+
+def test_profiles_and_explicit_switches() -> None:
+    assert Settings.from_env({"SERVEFLOW_SERVE_PROFILE": "serve-defaults"}).serve_environment({}) == {}
+    ha = Settings.from_env({"SERVEFLOW_SERVE_PROFILE": "haproxy"})
+    assert ha.serve_environment({}) == SERVE_PROFILES["haproxy"]
+    # A switch the operator set explicitly (even to 0) is left alone.
+    assert ha.serve_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def test_unknown_profile_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="SERVEFLOW_SERVE_PROFILE must be one of"):
+        Settings.from_env({"SERVEFLOW_SERVE_PROFILE": "fastest"})
