@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
+from serve_app.workflow.group_commit import GroupCommit
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -481,6 +482,7 @@ class SqliteRunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         migrate_sqlite(self._db, SQLITE_MIGRATIONS)
+        self._writes = GroupCommit(self._db, self._lock)
 
     async def _io(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
@@ -595,23 +597,22 @@ class SqliteRunStore:
 
         return await self._io(op)
 
-    def _fenced(self, run_id: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
-        """Run an UPDATE of ``run_id`` only while ``lease`` holds it (one statement, no race)."""
-        with self._lock:
-            cur = self._db.execute(sql, params)
-        if cur.rowcount == 0:
+    async def _fenced(self, run_id: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
+        """Run an UPDATE of ``run_id`` only while ``lease`` holds it (one statement, no race),
+        committed with whatever other such writes are waiting (group commit)."""
+        if await self._writes.execute(sql, params) == 0:
             raise LeaseLost(run_id, lease)
 
     _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
     async def save_run(self, run: RunState, lease: Lease) -> None:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await asyncio.to_thread(self._fenced, run.run_id, lease, SAVE_RUN_SQL.format(p="?"), params)
+        await self._fenced(run.run_id, lease, SAVE_RUN_SQL.format(p="?"), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
         params = (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
-        await asyncio.to_thread(self._fenced, run_id, lease, sql, params)
+        await self._fenced(run_id, lease, sql, params)
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -686,7 +687,7 @@ class SqliteRunStore:
 
     async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
-        await asyncio.to_thread(self._fenced, run_id, lease, park_sql("?", len(signals)), params)
+        await self._fenced(run_id, lease, park_sql("?", len(signals)), params)
 
     async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
         def op(db: sqlite3.Connection) -> tuple[Event, bool]:
