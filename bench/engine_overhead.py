@@ -1,6 +1,7 @@
 """Per-step cost of the workflow engine itself, without Ray (in-process pools).
 
     python -m bench.engine_overhead
+    python -m bench.engine_overhead --concurrent   # 200 runs at once: memory vs SQLite with/without group commit
 
 Runs a chain of 10 noop steps through the real engine and dispatcher with the
 in-process pools, for each store (memory, SQLite, a real local Postgres), and
@@ -49,7 +50,33 @@ async def per_step_ms(store_kind: str, cancel_poll_s: float, runs: int, dsn: str
     return statistics.median(samples)
 
 
+async def concurrent_runs_per_s(store_kind: str, n: int, max_batch: int | None = None) -> float:
+    """n chain10 runs started at once and awaited: runs/s (the durable store's cost under load).
+    ``max_batch=1`` turns SQLite's group commit off (every write its own transaction)."""
+    dispatcher, _, pools = in_process_dispatcher(CONFIG)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await open_store(store_kind, path=f"{tmp}/r.sqlite3")
+        if max_batch is not None:
+            store._writes._max_batch = max_batch  # type: ignore[attr-defined]
+        engine = RunEngine(store, dispatcher.submit, {"chain10": CHAIN}, owner="bench", cancel_poll_s=0.5)
+        t = time.perf_counter()
+        started = [run for run, _ in await asyncio.gather(*[engine.start("chain10", {}) for _ in range(n)])]
+        done = await asyncio.gather(*[engine.wait(r.run_id, 120) for r in started])
+        elapsed = time.perf_counter() - t
+        assert all(d.status.value == "succeeded" for d in done)
+        await engine.shutdown()
+        await store.close()
+    pools.close()
+    return n / elapsed
+
+
 def main() -> None:
+    if "--concurrent" in sys.argv:
+        n = 200
+        for label, kind, batch in (("memory", "memory", None), ("sqlite, group commit", "sqlite", None), ("sqlite, one write per transaction", "sqlite", 1)):
+            rates = [asyncio.run(concurrent_runs_per_s(kind, n, batch)) for _ in range(3)]
+            print(f"{label:36s} {statistics.median(rates):7.1f} runs/s ({n} chain10 runs at once; {', '.join(f'{r:.1f}' for r in rates)})")
+        return
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     from serve_app.testing_postgres import PostgresServer
 
