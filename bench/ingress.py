@@ -24,7 +24,6 @@ ratios within this one run are meant to be read. Results go to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -42,7 +41,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.run import ROOT, SERVICER, _machine, insert_section
+from bench.run import ROOT, SERVICER, _machine, insert_section, run_load
 from serve_app.core.settings import SERVE_PROFILES
 
 # Every mode sets SERVEFLOW_SERVE_PROFILE too, so nothing in serveflow adds switches of its own.
@@ -172,23 +171,8 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path) -> dict[st
 
 
 def run_own(protocol: str, concurrency: int, seconds: float, application: str) -> dict[str, Any]:
-    from serve_app.client.load import LoadConfig, run_load
-
     target = HTTP_URL if protocol == "http" else GRPC_TARGET
-    cfg = LoadConfig(
-        target=target,
-        protocol=protocol,  # type: ignore[arg-type]
-        task_type="noop",
-        payload={},
-        count=None,
-        continuous=True,
-        interval_s=0.0,
-        workers=concurrency,
-        duration_s=seconds,
-        application=application,
-    )
-    s = asyncio.run(run_load(cfg)).summary()
-    assert s["lost"] == 0 and s["hung"] == 0 and s["sent"] == s["ok"], s
+    s = run_load(target, protocol, concurrency, None, application, seconds=seconds)
     return {"rps": s["throughput_rps"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"]}
 
 

@@ -126,7 +126,11 @@ def bench_args(store: str, store_path: str) -> dict[str, Any]:
     }
 
 
-def run_load(target: str, protocol: str, concurrency: int, count: int, application: str | None) -> dict[str, Any]:
+def run_load(
+    target: str, protocol: str, concurrency: int, count: int | None, application: str | None, *, seconds: float = 300
+) -> dict[str, Any]:
+    """``noop`` tasks through the own load tool: ``count`` of them, or as many as fit in ``seconds``
+    (``count=None``); every one must come back ok (nothing lost, nothing hung)."""
     from serve_app.client.load import LoadConfig, run_load as _run
 
     cfg = LoadConfig(
@@ -135,13 +139,15 @@ def run_load(target: str, protocol: str, concurrency: int, count: int, applicati
         task_type="noop",
         payload={},
         count=count,
+        continuous=count is None,
+        interval_s=0.0,
         workers=concurrency,
-        duration_s=300,
+        duration_s=seconds,
         application=application,
     )
     report = asyncio.run(_run(cfg))
     s = report.summary()
-    assert s["lost"] == 0 and report.ok == report.sent, s
+    assert s["lost"] == 0 and s["hung"] == 0 and report.ok == report.sent, s
     return s
 
 
