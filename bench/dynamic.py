@@ -1,8 +1,8 @@
 """Dynamic workflows: per-element cost of map steps, and per-step cost as a DAG grows.
 
     python -m bench.dynamic                 # maps at 100/1,000/10,000 elements, every store; DAG curves
-    python -m bench.dynamic --dag-only      # just the chain / fan-out curves (memory store)
-    python -m bench.dynamic --serve         # maps on real Serve (SQLite) vs the same tasks sent by a client
+    python -m bench.dynamic --dag-only      # just the chain / fan-out / map fan-out curves (memory, SQLite)
+    python -m bench.dynamic --serve         # 1,000 diamond runs/s, and maps on real Serve (SQLite) vs client tasks
 
 Everything runs through the real engine, store and dispatcher with the
 in-process pools (the ``noop`` handler), without Ray: what is measured is the
@@ -95,13 +95,32 @@ def bench_maps(dsn: str | None, stores: list[str], repeats: int) -> None:
             print(f"{store:9s} {n:8d} {per * 1000:11.3f} {per * 1e6:11.0f} {peak / n / 1024:17.2f}")
 
 
-def bench_dags(repeats: int) -> None:
-    print("DAG steps: per-step cost as the DAG grows (memory store)")
-    print(f"{'shape':14s} {'steps':>6s} {'ms/step':>8s}")
-    shapes = [("chain", n, chain(n)) for n in (10, 100, 1000)] + [("fan-out", w + 1, fanout(w)) for w in (16, 256, 999)]
-    for label, steps, spec in shapes:
-        times = [asyncio.run(run_once("memory", spec, {}, None, trace=False))[0] for _ in range(repeats)]
-        print(f"{label:14s} {steps:6d} {statistics.median(times) / steps * 1000:8.3f}")
+def diamond() -> WorkflowSpec:
+    steps = [
+        {"name": "a", "task_type": "noop"},
+        {"name": "b", "task_type": "noop", "depends_on": ["a"]},
+        {"name": "c", "task_type": "noop", "depends_on": ["a"]},
+        {"name": "d", "task_type": "noop", "depends_on": ["b", "c"]},
+    ]
+    return WorkflowSpec.model_validate({"name": "diamond", "steps": steps})
+
+
+def bench_dags(repeats: int, stores: list[str]) -> None:
+    """Per-step cost as the DAG grows: chains 10 -> 1,000, fan-outs 16 -> 999 (a workflow has at
+    most 1,000 steps), and map fan-outs 16 -> 4,096 elements (ms per element); spread = max/min."""
+    print("DAG steps: per-step cost as the DAG grows (in-process pools)")
+    print(f"{'store':7s} {'shape':14s} {'steps':>6s} {'ms/step':>8s}")
+    for store in stores:
+        shapes = [("chain", n, chain(n), {}) for n in (10, 100, 1000)]
+        shapes += [("fan-out", w + 1, fanout(w), {}) for w in (16, 64, 256, 999)]
+        shapes += [("map fan-out", n, map_spec(64), {"items": list(range(n))}) for n in (16, 256, 4096)]
+        costs: dict[str, list[float]] = {}
+        for label, steps, spec, run_input in shapes:
+            times = [asyncio.run(run_once(store, spec, run_input, None, trace=False))[0] for _ in range(repeats)]
+            costs.setdefault(label, []).append(statistics.median(times) / steps * 1000)
+            print(f"{store:7s} {label:14s} {steps:6d} {costs[label][-1]:8.3f}", flush=True)
+        spreads = ", ".join(f"{label} {max(c) / min(c):.2f}" for label, c in costs.items())
+        print(f"{store:7s} spread (max/min per-step cost within a shape): {spreads}")
 
 
 def bench_serve(repeats: int) -> None:
@@ -122,6 +141,7 @@ def bench_serve(repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args = bench_args("sqlite", f"{tmp}/runs.sqlite3")
         args["workflows"]["definitions"].append(map_spec(64).model_dump(mode="json", exclude_none=True))
+        args["workflows"]["definitions"].append(diamond().model_dump(mode="json", exclude_none=True))
         try:
             serve.run(build_app(args), name="serveflow", route_prefix="/")
             wait_ready(http + "/readyz", 120)
@@ -146,6 +166,23 @@ def bench_serve(repeats: int) -> None:
                     assert r.json()["run"]["status"] == "succeeded", r.text[:500]
                     return time.perf_counter() - t
 
+            async def diamonds(n: int, concurrency: int = 16) -> float:
+                async with httpx.AsyncClient(base_url=http, timeout=120) as c:
+                    left = iter(range(n))
+
+                    async def worker() -> None:
+                        for _ in left:
+                            r = await c.post("/v1/workflows/diamond/runs", json={"wait": True, "wait_timeout_s": 60})
+                            assert r.json()["run"]["status"] == "succeeded", r.text[:300]
+
+                    t = time.perf_counter()
+                    await asyncio.gather(*(worker() for _ in range(concurrency)))
+                    return n / (time.perf_counter() - t)
+
+            asyncio.run(diamonds(50))  # warm-up
+            rate = asyncio.run(diamonds(1000))
+            print(f"real Serve (2 cores, SQLite): 1,000 diamond runs (4 noop steps), 16 at a time: {rate:.1f} runs/s, "
+                  f"{rate * 4:.0f} steps/s", flush=True)
             print("real Serve (2 cores, SQLite): map of n noop elements vs n noop tasks from a client (64 in flight)")
             print(f"{'elements':>8s} {'map ms/element':>15s} {'tasks ms/task':>14s} {'ratio':>6s}")
             for n in (100, 1000, 10000):
@@ -177,7 +214,7 @@ def main() -> None:
                 bench_maps(pg.dsn, stores, args.repeats)
         else:
             bench_maps(None, stores, args.repeats)
-    bench_dags(args.repeats)
+    bench_dags(args.repeats, ["memory", "sqlite"])
 
 
 if __name__ == "__main__":
