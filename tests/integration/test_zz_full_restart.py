@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
@@ -50,6 +51,9 @@ def test_accepted_runs_resume_and_clients_reconnect_after_full_restart(serve_ins
     )
 
     serve.shutdown()  # controller, proxies, every replica
+    # With Serve's direct ingress (the haproxy profile) shutdown returns while the controller is
+    # still draining; a start before it is gone attaches to it and dies with it.
+    wait_until(_controller_gone, 60, what="the old Serve controller to exit")
     with cf.ThreadPoolExecutor(1) as pool:
         # The same client object keeps trying while nothing is listening.
         during = pool.submit(client.submit, "echo", {"message": "across the restart"})
@@ -72,3 +76,11 @@ def test_accepted_runs_resume_and_clients_reconnect_after_full_restart(serve_ins
             steps = {s["name"]: s for s in run["steps"]}
             assert steps["one"]["attempts"] == 1  # done before the restart: not re-run
             assert steps["two"]["attempts"] == 2  # in flight at the restart: run again
+
+
+def _controller_gone() -> bool:
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return True
+    return False
