@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import psutil
 
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
 
@@ -61,7 +63,8 @@ def bench_startup(repeats: int) -> dict[str, Any]:
     """`serve run serve_config.yaml` (its own local cluster) until /readyz, then idle RSS of the process tree."""
     times, rss = [], []
     for _ in range(repeats):
-        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+        # As the README starts it: serveflow's default Serve profile in the environment of `serve run`.
+        env = {**SERVE_PROFILES[DEFAULT_SERVE_PROFILE], **os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
         started = time.monotonic()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
