@@ -66,7 +66,7 @@ class Coordinator:
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
-        self._readiness_version = 0
+        self._readiness_version = 0  # the manager's versions start at 1: the first poll answers at once
         self._stats = TaskStats()
         self._prometheus = ServeMetricsObserver()
         self._dispatcher = Dispatcher(
@@ -195,10 +195,9 @@ class Coordinator:
 
     async def _refresh_readiness(self) -> None:
         # A long poll: the manager answers when readiness changes (or after READINESS_WAIT_S).
-        since = self._readiness_version if self._readiness.known else None
         try:
             report = await await_response(
-                self._manager.readiness.remote(since, READINESS_WAIT_S),
+                self._manager.readiness.remote(self._readiness_version, READINESS_WAIT_S),
                 target="OrganismManager",
                 timeout_s=READINESS_WAIT_S + self._config.probe_timeout_s,
             )

@@ -35,9 +35,11 @@ class OrganismManager:
         self._metrics = metrics
         self._trackers = {name: ComponentTracker(name) for name in self._pools}
         self._trackers[METRICS] = ComponentTracker(METRICS)
+        # Readiness, long-polled by Coordinators; republished by the loops that change the trackers.
+        self._feed = ChangeFeed()
+        self._feed.publish(self._readiness_report())
         self._serve_states: dict[str, dict[str, Any]] = {}
         self._serve_error: str | None = None
-        self._feed = ChangeFeed()  # readiness, long-polled by Coordinators
         self._started = time.time()
         interval = self._config.probe_interval_s
         self._probe_loop = PeriodicTask(
@@ -121,7 +123,6 @@ class OrganismManager:
         A long poll: given the version the caller has, it answers when readiness changes or
         after ``wait_s`` (at most 30 s), so readiness reaches Coordinators as soon as it
         changes and costs one call per ``wait_s`` while nothing does."""
-        self._feed.publish(self._readiness_report())
         version, pools = await self._feed.read(since, min(max(wait_s, 0.0), 30.0))
         return {"version": version, "pools": pools}
 

@@ -28,7 +28,6 @@ class ServeMetricsObserver:
             "serveflow_subscription_lag", description="Events of a subscription's types not yet delivered.", tag_keys=("subscription",)
         )
         self._counts: dict[str, int] = {}
-        self._published: dict[str, int] = {}
 
     def inflight(self, pool: str, delta: int) -> None:
         # Counted here, exported by publish(): a gauge set costs about as much as the rest of
@@ -36,11 +35,9 @@ class ServeMetricsObserver:
         self._counts[pool] = self._counts.get(pool, 0) + delta
 
     def publish(self) -> None:
-        """Export the in-flight gauges that changed since the last call (the lease loop calls it)."""
+        """Export the in-flight gauges (the lease loop calls it; one per pool)."""
         for pool, n in self._counts.items():
-            if self._published.get(pool) != n:
-                self._inflight.set(n, tags={"pool": pool})
-                self._published[pool] = n
+            self._inflight.set(n, tags={"pool": pool})
 
     def finished(self, task_type: str, outcome: str, latency_ms: float) -> None:
         self._tasks.inc(tags={"task_type": task_type, "outcome": outcome})

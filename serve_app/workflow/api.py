@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from serve_app.core.errors import NotFound, classify
 from serve_app.core import jsonio
-from serve_app.core.errors import ValidationFailed
+from serve_app.core.errors import NotFound, ValidationFailed, classify
 from serve_app.core.models import (
     DeadLettersQuery,
     EventRequest,
