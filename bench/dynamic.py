@@ -130,7 +130,7 @@ def bench_serve(repeats: int) -> None:
     import httpx
     from ray import serve
 
-    from bench.run import bench_args, free_port, wait_ready
+    from bench.run import bench_args, free_port, runs_per_s, wait_ready
     from graphs.serveflow import build_app
     from serve_app.core.connect import connect, disconnect
 
@@ -166,21 +166,8 @@ def bench_serve(repeats: int) -> None:
                     assert r.json()["run"]["status"] == "succeeded", r.text[:500]
                     return time.perf_counter() - t
 
-            async def diamonds(n: int, concurrency: int = 16) -> float:
-                async with httpx.AsyncClient(base_url=http, timeout=120) as c:
-                    left = iter(range(n))
-
-                    async def worker() -> None:
-                        for _ in left:
-                            r = await c.post("/v1/workflows/diamond/runs", json={"wait": True, "wait_timeout_s": 60})
-                            assert r.json()["run"]["status"] == "succeeded", r.text[:300]
-
-                    t = time.perf_counter()
-                    await asyncio.gather(*(worker() for _ in range(concurrency)))
-                    return n / (time.perf_counter() - t)
-
-            asyncio.run(diamonds(50))  # warm-up
-            rate = asyncio.run(diamonds(1000))
+            runs_per_s(http, "diamond", 50)  # warm-up
+            rate = runs_per_s(http, "diamond", 1000)
             print(f"real Serve (2 cores, SQLite): 1,000 diamond runs (4 noop steps), 16 at a time: {rate:.1f} runs/s, "
                   f"{rate * 4:.0f} steps/s", flush=True)
             print("real Serve (2 cores, SQLite): map of n noop elements vs n noop tasks from a client (64 in flight)")

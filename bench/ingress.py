@@ -28,20 +28,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-from bench.run import ROOT, SERVICER, _machine, insert_section, run_load
+from bench.run import ROOT, SERVICER, ServeRun, _machine, insert_section, run_load
 from serve_app.core.settings import SERVE_PROFILES
 
 # Every mode sets SERVEFLOW_SERVE_PROFILE too, so nothing in serveflow adds switches of its own.
@@ -91,56 +87,6 @@ def haproxy_version() -> str:
         return f"{binary}: {out.splitlines()[0] if out else 'no version output'}"
     except Exception as exc:  # reported, not fatal: the haproxy mode then fails to start and says so
         return f"unavailable ({type(exc).__name__}: {exc})"
-
-
-class ServeRun:
-    """``serve run <config>`` in its own session with ``env``; stopped by SIGINT, then by PID."""
-
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        for port in (8000, 9000):  # a leftover proxy (SO_REUSEPORT) would answer part of the load
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    raise RuntimeError(f"port {port} is in use: stop what listens there first")
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "serve"), "run", str(config)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, probe: Any, timeout_s: float = 180) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self._log.name}")
-            try:
-                if probe():
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"not ready after {timeout_s}s; see {self._log.name}")
-
-    def stop(self) -> None:
-        try:
-            pids = [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pids = []
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in pids:  # whatever the driver left behind (raylet, workers, haproxy), by PID
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        time.sleep(3)
 
 
 def parse_wrk(out: str) -> dict[str, Any]:

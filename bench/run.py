@@ -59,40 +59,74 @@ def wait_ready(url: str, timeout: float) -> float:
 # --------------------------------------------------------------------------- startup
 
 
+class ServeRun:
+    """``serve run <config>`` in its own session with ``env``; stopped by SIGINT, then by PID."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        for port in (8000, 9000):  # a leftover proxy (SO_REUSEPORT) would answer part of the load
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    raise RuntimeError(f"port {port} is in use: stop what listens there first")
+        self._log = log.open("w")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", str(config)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, probe: Any, timeout_s: float = 180) -> float:
+        """Seconds from the start of ``serve run`` until ``probe()`` is true."""
+        while time.monotonic() - self.started < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}; see {self._log.name}")
+            try:
+                if probe():
+                    return time.monotonic() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"not ready after {timeout_s}s; see {self._log.name}")
+
+    def stop(self) -> None:
+        try:
+            pids = [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pids = []
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in pids:  # whatever the driver left behind (raylet, workers, haproxy), by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        time.sleep(3)
+
+
+
 def bench_startup(repeats: int) -> dict[str, Any]:
     """`serve run serve_config.yaml` (its own local cluster) until /readyz, then idle RSS of the process tree."""
     times, rss = [], []
-    for _ in range(repeats):
-        # As the README starts it: serveflow's default Serve profile in the environment of `serve run`.
-        env = {**SERVE_PROFILES[DEFAULT_SERVE_PROFILE], **os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_ready("http://127.0.0.1:8000/readyz", 180)
-            times.append(time.monotonic() - started)
-            time.sleep(10)  # idle
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            rss.append(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
-        finally:
-            pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            proc.send_signal(signal.SIGINT)
+    # As the README starts it: serveflow's default Serve profile in the environment of `serve run`.
+    profile = {k: v for k, v in SERVE_PROFILES[DEFAULT_SERVE_PROFILE].items() if k not in os.environ}
+    env = {**profile, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            run = ServeRun(ROOT / "serve_config.yaml", env, Path(tmp) / f"startup-{i}.log")
             try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid in pids:  # whatever the driver left behind, by PID
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(3)
+                times.append(run.wait_ready(lambda: httpx.get("http://127.0.0.1:8000/readyz", timeout=2).status_code == 200))
+                time.sleep(10)  # idle
+                tree = [psutil.Process(run.proc.pid), *psutil.Process(run.proc.pid).children(recursive=True)]
+                rss.append(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
+            finally:
+                run.stop()
     return {"startup_s": statistics.median(times), "startup_all_s": times, "idle_rss_mib": statistics.median(rss)}
 
 
@@ -239,8 +273,8 @@ def bench_workflows(http: str, repeats: int) -> dict[str, Any]:
     }
 
 
-def bench_durable(http: str, n: int, concurrency: int = 16) -> float:
-    """Runs/s at saturation: n one-step runs, ``concurrency`` at a time, each started with
+def runs_per_s(http: str, workflow: str, n: int, concurrency: int = 16) -> float:
+    """Runs/s at saturation: n runs of ``workflow``, ``concurrency`` at a time, each started with
     ``wait: true`` so the answer comes when the run has succeeded (nothing polls a listing)."""
 
     async def go() -> float:
@@ -249,8 +283,8 @@ def bench_durable(http: str, n: int, concurrency: int = 16) -> float:
 
             async def worker() -> None:
                 for _ in left:
-                    r = await c.post("/v1/workflows/one/runs", json={"wait": True, "wait_timeout_s": 60})
-                    assert r.status_code == 200 and r.json()["run"]["status"] == "succeeded", r.text
+                    r = await c.post(f"/v1/workflows/{workflow}/runs", json={"wait": True, "wait_timeout_s": 60})
+                    assert r.status_code == 200 and r.json()["run"]["status"] == "succeeded", r.text[:300]
 
             started = time.perf_counter()
             await asyncio.gather(*[worker() for _ in range(concurrency)])
@@ -299,11 +333,11 @@ def main() -> None:
             # The same app on the memory store beside it; the two alternate, so drift hits both.
             serve.run(build_app(bench_args("memory", "")), name="serveflow_memory", route_prefix="/memory")
             wait_ready(http + "/memory/readyz", 120)
-            bench_durable(http, 50), bench_durable(http + "/memory", 50)  # warm-up
+            runs_per_s(http, "one", 50), runs_per_s(http + "/memory", "one", 50)  # warm-up
             sqlite, memory = [], []
             for _ in range(repeats + 1):
-                sqlite.append(bench_durable(http, n))
-                memory.append(bench_durable(http + "/memory", n))
+                sqlite.append(runs_per_s(http, "one", n))
+                memory.append(runs_per_s(http + "/memory", "one", n))
             sqlite_rps, memory_rps = statistics.median(sqlite), statistics.median(memory)
             results["durable"] = {"sqlite_runs_per_s": sqlite_rps, "memory_runs_per_s": memory_rps, "runs": n}
             print(json.dumps(results["durable"]), flush=True)
