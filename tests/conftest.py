@@ -7,6 +7,7 @@ missing Postgres is a failure, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
@@ -70,3 +71,18 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncI
     yield make
     for store in made:
         await store.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
+    """One run store of each backend in turn (a module's tests run once per backend)."""
+    return await store_factory(request.param)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Poll the async ``check`` every 20 ms until it holds (bounded; never hangs a test)."""
+    for _ in range(int(timeout / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")

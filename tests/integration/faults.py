@@ -14,16 +14,23 @@ import ray
 from serve_app.client.load import LoadConfig, LoadReport, run_load
 
 
+def replica_actors(deployment: str, app: str = "serveflow") -> dict[str, Any]:
+    """Replica actor name -> actor handle, for one deployment."""
+    return {
+        a["name"]: ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if f"{app}#{deployment}#" in a["name"]
+    }
+
+
 def replica_pids(deployment: str, app: str = "serveflow") -> dict[str, int]:
     """Replica actor name -> process id, for one deployment."""
     out = {}
-    for a in ray.util.list_named_actors(all_namespaces=True):
-        if f"{app}#{deployment}#" in a["name"]:
-            actor = ray.get_actor(a["name"], namespace=a["namespace"])
-            try:
-                out[a["name"]] = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
-            except Exception:  # dying or not started yet
-                continue
+    for name, actor in replica_actors(deployment, app).items():
+        try:
+            out[name] = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+        except Exception:  # dying or not started yet
+            continue
     return out
 
 

@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 import httpx
+import ray
+
+from tests.integration.faults import replica_actors
 
 ENVELOPE_KEYS = {"task_id", "task_type", "success", "result", "error", "duration_ms", "trace_id"}
 
@@ -141,13 +144,10 @@ def test_liveness_readiness_status(http: httpx.Client) -> None:
 def test_session_cluster_runs_the_default_serve_profile(serve_instance: dict[str, Any]) -> None:
     """connect() started this cluster with serveflow's default profile: Serve's throughput mode
     (gRPC between replicas) behind Serve's proxy (no direct ingress)."""
-    import ray
-
     def switches(_self: Any) -> tuple[Any, Any]:
         from ray.serve._private import constants
 
         return constants.RAY_SERVE_USE_GRPC_BY_DEFAULT, constants.RAY_SERVE_ENABLE_DIRECT_INGRESS
 
-    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "serveflow#Coordinator#" in a["name"])
-    replica = ray.get_actor(name, namespace="serve")
+    replica = next(iter(replica_actors("Coordinator").values()))
     assert ray.get(replica.__ray_call__.remote(switches), timeout=30) == (True, False)

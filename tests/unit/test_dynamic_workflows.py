@@ -23,7 +23,7 @@ from serve_app.workflow.loader import load_workflows
 from serve_app.workflow.spec import validate_children
 from serve_app.workflow.state import RunStatus, StepStatus
 from serve_app.workflow.store import RunStore
-from tests.conftest import STORE_KINDS, StoreFactory
+from tests.conftest import StoreFactory, until
 
 KNOWN = {"echo", "noop", "sleep", "fail", "fib", "flaky"}
 
@@ -201,11 +201,6 @@ class CountingSubmit:
             self.in_flight -= 1
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
-    return await store_factory(request.param)
-
-
 @pytest.fixture
 async def submit(config: AppConfig) -> AsyncIterator[CountingSubmit]:
     dispatcher, _, pools = in_process_dispatcher(config)
@@ -224,14 +219,6 @@ async def finish(engine: RunEngine, name: str, inp: dict[str, Any], timeout: flo
     run, created = await engine.start(name, inp, **kw)
     assert created
     return await engine.wait(run.run_id, timeout)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 @pytest.mark.anyio

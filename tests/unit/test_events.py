@@ -16,7 +16,6 @@ from serve_app.workflow import WorkflowSpec, validate
 from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.store import RunStore
 from serve_app.workflow.subscriptions import SubscriptionRunner, SubscriptionSpec
-from tests.conftest import STORE_KINDS, StoreFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -43,11 +42,6 @@ SUBS = [
     SubscriptionSpec(name="flaky_task", types=["ping"], task_type="flaky", max_attempts=2, backoff_s=0),
     SubscriptionSpec(name="echoes", types=["order.placed", "ping"], task_type="echo", max_attempts=3, backoff_s=0),
 ]
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
-    return await store_factory(request.param)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from serve_app.workflow.loader import load_schedules
 from serve_app.workflow.schedules import ScheduleRunner, ScheduleSpec
 from serve_app.workflow.state import RunStatus
 from serve_app.workflow.store import RunStore
-from tests.conftest import STORE_KINDS, StoreFactory
 
 EVERY_10S = "*/10 * * * * *"  # six fields: seconds first
 
@@ -84,11 +83,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
-    return await store_factory(request.param)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -21,7 +21,7 @@ from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.spec import parse_duration, parse_instant
 from serve_app.workflow.state import RunStatus, StepStatus
 from serve_app.workflow.store import RunStore
-from tests.conftest import STORE_KINDS, StoreFactory
+from tests.conftest import until
 
 pytestmark = pytest.mark.anyio
 
@@ -78,11 +78,6 @@ def test_durations_and_instants() -> None:
         spec("x", [{"name": "a", "sleep": "1m", "map": {"over": "${input.xs}"}}])
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
-    return await store_factory(request.param)
-
-
 @pytest.fixture
 async def engine(store: RunStore, config: AppConfig) -> AsyncIterator[RunEngine]:
     dispatcher, _, pools = in_process_dispatcher(config)
@@ -90,14 +85,6 @@ async def engine(store: RunStore, config: AppConfig) -> AsyncIterator[RunEngine]
     yield eng
     await eng.shutdown()
     pools.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_sleep_holds_no_task_and_wakes_on_time(engine: RunEngine) -> None:

@@ -15,7 +15,6 @@ from serve_app.workflow.engine import RunEngine
 from serve_app.workflow.state import RunStatus, StepState, StepStatus
 from serve_app.workflow.store import Lease, MemoryRunStore, RunStore
 from serve_app.testing import in_process_dispatcher
-from tests.conftest import STORE_KINDS, StoreFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -78,11 +77,6 @@ WORKFLOWS = {
         ),
     ]
 }
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, store_factory: StoreFactory) -> RunStore:
-    return await store_factory(request.param)
 
 
 @pytest.fixture
