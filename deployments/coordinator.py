@@ -82,6 +82,7 @@ class Coordinator:
             lease_s=wf.lease_s,
             step_start_timeout_s=wf.step_start_timeout_s,
             max_inflight_steps=wf.max_inflight_steps,
+            result_by_ref_bytes=wf.result_by_ref_bytes,
         )
         self._auth = BearerAuth(auth_token)
         self._schedules = ScheduleRunner(load_schedules(wf, self._engine.workflows), self._store, self._engine.start)
@@ -189,9 +190,14 @@ class Coordinator:
         return await self._grpc.handle("TriggerSchedule", request, grpc_context)
 
     async def _call_pool(self, pool: str, item: WorkItem) -> TaskResult:
-        response = self._pools[pool].run.remote(item.model_dump(mode="json"))
-        raw = await await_response(response, target=pool_deployment_name(pool))
-        return TaskResult.model_validate(raw)
+        body = item.model_dump(mode="json")
+        if item.refs:
+            body["refs"] = item.refs  # object references travel as themselves, not as JSON
+        raw = await await_response(self._pools[pool].run.remote(body), target=pool_deployment_name(pool))
+        object_ref = raw.pop("object_ref", None)
+        result = TaskResult.model_validate(raw)
+        result._object_ref = object_ref
+        return result
 
     async def _refresh_readiness(self) -> None:
         # A long poll: the manager answers when readiness changes (or after READINESS_WAIT_S).

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.ray_calls import replica_identity
+from deployments.ray_calls import RayObjects, replica_identity
 from serve_app.runtime import tracing
 from serve_app.runtime.config import PoolConfig
 from serve_app.core.errors import Unavailable
@@ -43,7 +43,10 @@ class HandlerWorker:
             logger.error("pool %s: %s", pool, exc)
             return
         self._runner = HandlerRunner(
-            registry, max_concurrency=self._config.max_concurrency, max_stuck_calls=self._config.max_stuck_calls
+            registry,
+            max_concurrency=self._config.max_concurrency,
+            max_stuck_calls=self._config.max_stuck_calls,
+            objects=RayObjects(),
         )
 
     def _problem(self) -> str | None:
@@ -53,7 +56,8 @@ class HandlerWorker:
         return self._runner.health_problem()
 
     async def run(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Run one task; handler failures come back in the envelope, never as exceptions."""
+        """Run one task; handler failures come back in the envelope, never as exceptions. A result
+        kept by reference comes back as its marker plus ``object_ref``."""
         work = WorkItem.model_validate(item)
         if self._runner is None:
             result = TaskResult.failure(
@@ -63,7 +67,10 @@ class HandlerWorker:
             )
         else:
             result = await self._runner.run(work, attributes={"serveflow.pool": self._pool})
-        return result.model_dump(mode="json")
+        out = result.model_dump(mode="json")
+        if result._object_ref is not None:
+            out["object_ref"] = result._object_ref
+        return out
 
     async def get_status(self) -> dict[str, Any]:
         problem = self._problem()

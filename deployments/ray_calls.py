@@ -13,12 +13,13 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, TaskCancelledError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentResponse
 
 from serve_app.runtime.health import summarize
 from serve_app.core.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
+from serve_app.runtime.runner import ObjectLost
 
 logger = logging.getLogger("serveflow.ray_calls")
 
@@ -56,6 +57,20 @@ async def await_response(response: DeploymentResponse, *, target: str, timeout_s
             raise downstream_error(exc, target=target) from exc
 
     return await (wait() if timeout_s is None else asyncio.wait_for(wait(), timeout_s))
+
+
+class RayObjects:
+    """Results kept by reference live in Ray's object store, owned by the worker that made them:
+    they last as long as that worker process (and its node) and someone holds the reference."""
+
+    def put(self, value: Any) -> ray.ObjectRef:
+        return ray.put(value)
+
+    async def get(self, handle: Any) -> Any:
+        try:
+            return await handle
+        except ObjectLostError as exc:  # also OwnerDiedError, ObjectReconstructionFailedError
+            raise ObjectLost(str(exc).splitlines()[0]) from exc
 
 
 def replica_identity() -> dict[str, str]:

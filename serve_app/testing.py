@@ -7,24 +7,49 @@ the HTTP layer, the dispatcher and the handlers can be tested together fast.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from serve_app.runtime.config import AppConfig
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.runtime.handlers import HandlerRegistry
 from serve_app.core.models import TaskResult, WorkItem
-from serve_app.runtime.runner import HandlerRunner
+from serve_app.runtime.runner import HandlerRunner, ObjectLost
+
+
+class LocalObjects:
+    """An in-process stand-in for Ray's object store (results kept by reference); ``drop`` and
+    ``clear`` lose objects the way a dead worker or node does."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+
+    def put(self, value: Any) -> int:
+        handle = next(self._ids)
+        self.values[handle] = value
+        return handle
+
+    async def get(self, handle: Any) -> Any:
+        if handle not in self.values:
+            raise ObjectLost(f"object {handle} is gone")
+        return self.values[handle]
+
+    def clear(self) -> None:
+        self.values.clear()
 
 
 class InProcessPools:
     """Every configured pool as a local HandlerRunner."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, objects: LocalObjects | None = None) -> None:
+        self.objects = objects or LocalObjects()
         self.runners = {
             name: HandlerRunner(
                 HandlerRegistry.from_modules(pool.handler_modules, pool.task_types),
                 max_concurrency=pool.max_concurrency,
                 max_stuck_calls=pool.max_stuck_calls,
+                objects=self.objects,
             )
             for name, pool in config.pools.items()
         }

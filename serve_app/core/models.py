@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from typing_extensions import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from serve_app.core import jsonio
 from serve_app.core.errors import ServeflowError
@@ -74,6 +74,9 @@ class TaskResult(Envelope):
     task_id: str | None = None
     task_type: str | None = None
     result: Any = None
+    # A workflow step's result kept in Ray's object store: ``result`` is its marker
+    # (:mod:`serve_app.core.result_refs`) and this the object reference. Never rendered.
+    _object_ref: Any = PrivateAttr(None)
 
 
 class StartRunRequest(BaseModel):
@@ -183,6 +186,12 @@ class WorkItem(BaseModel):
     payload: dict[str, Any]
     timeout_s: float
     trace_context: dict[str, str] = Field(default_factory=dict)
+    # Workflow steps only: keep a result larger than this (or one that is not JSON) in Ray's
+    # object store and answer with its marker; None: the result travels inline.
+    by_ref_over: int | None = None
+    # Object references of upstream results kept by reference, by producing step: the worker
+    # puts each value where its marker stands in the payload. Travels beside the JSON body.
+    refs: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
 class HealthState(str, Enum):

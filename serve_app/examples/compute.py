@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from serve_app.runtime.handlers import handler
@@ -33,3 +36,25 @@ def count_primes(inp: PrimesIn) -> dict[str, int]:
         if sieve[i]:
             sieve[i * i :: i] = bytearray(len(range(i * i, inp.limit, i)))
     return {"limit": inp.limit, "primes": sum(sieve)}
+
+
+class BlobIn(BaseModel):
+    size: int = Field(ge=0, le=1 << 30, description="Bytes to make.")
+
+
+@handler("make_blob")
+def make_blob(inp: BlobIn) -> bytes:
+    """``size`` bytes. Not JSON: in a workflow it stays in Ray's object store (kept by reference)
+    and goes straight to the step that reads it."""
+    return bytes(inp.size)
+
+
+@handler("blob_stats")
+def blob_stats(payload: dict[str, Any]) -> dict[str, Any]:
+    """Size and checksum of ``payload["data"]`` (bytes from an upstream step, or a string)."""
+    data = payload.get("data")
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data is a {type(data).__name__}, not bytes")
+    return {"bytes": len(data), "adler32": zlib.adler32(data)}

@@ -137,6 +137,13 @@ class WorkflowsConfig(_Strict):
         description="Steps (and map elements) one Coordinator has at its pools at once; beyond it they wait, "
         "highest run priority first.",
     )
+    result_by_ref_bytes: int | None = Field(
+        1_048_576,
+        ge=0,
+        description="A step result larger than this (rendered as JSON), or one that is not JSON (bytes, arrays), "
+        "stays in Ray's object store and goes straight to the steps that read it whole; the run store keeps "
+        "a marker. null: every result inline.",
+    )
     definitions: list[dict[str, Any]] = Field(default_factory=list, description="Inline workflow definitions.")
     schedules: list[dict[str, Any]] = Field(
         default_factory=list,

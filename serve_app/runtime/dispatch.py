@@ -97,14 +97,18 @@ class Dispatcher:
         default = self._config.pools[pool].default_timeout_s
         return min(requested if requested is not None else default, self._config.max_timeout_s)
 
-    async def submit(self, req: TaskRequest) -> TaskResult:
-        """Run ``req`` and return its envelope (success or structured failure)."""
+    async def submit(
+        self, req: TaskRequest, *, by_ref_over: int | None = None, refs: Mapping[str, Any] | None = None
+    ) -> TaskResult:
+        """Run ``req`` and return its envelope (success or structured failure). Workflow steps
+        pass ``by_ref_over`` (keep a larger result in Ray's object store) and the ``refs`` of
+        upstream results kept there."""
         started = time.perf_counter()
         task_id = req.task_id or uuid.uuid4().hex
         with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
             trace_id = tracing.trace_id_hex(span)
             try:
-                result = await self._run(req, task_id)
+                result = await self._run(req, task_id, by_ref_over, refs or {})
             except Exception as exc:
                 # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
@@ -136,7 +140,9 @@ class Dispatcher:
                 await asyncio.sleep(_RESEND_BACKOFF.delay(attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _run(self, req: TaskRequest, task_id: str) -> TaskResult:
+    async def _run(
+        self, req: TaskRequest, task_id: str, by_ref_over: int | None, refs: Mapping[str, Any]
+    ) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
             raise UnknownTaskType(
@@ -150,6 +156,8 @@ class Dispatcher:
             payload=req.payload,
             timeout_s=deadline,
             trace_context=tracing.inject(),
+            by_ref_over=by_ref_over,
+            refs=dict(refs),
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0
         if self._observer is not None:

@@ -14,13 +14,21 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
-from serve_app.core import jsonio
+from serve_app.core import jsonio, result_refs
 from serve_app.runtime import tracing
-from serve_app.core.errors import HandlerError, ServeflowError, TaskTimeout, UnknownTaskType, ValidationFailed, validation_details
+from serve_app.core.errors import (
+    HandlerError,
+    ServeflowError,
+    TaskTimeout,
+    Unavailable,
+    UnknownTaskType,
+    ValidationFailed,
+    validation_details,
+)
 from serve_app.runtime.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
 from serve_app.core.models import TaskResult, WorkItem
 
@@ -29,11 +37,33 @@ logger = logging.getLogger("serveflow.runner")
 _ANY = TypeAdapter(Any)
 
 
+class ObjectLost(Exception):
+    """A result kept by reference is gone (its owner or node died)."""
+
+
+class ObjectStore(Protocol):
+    """Where results kept by reference live (Ray's object store in a HandlerWorker)."""
+
+    def put(self, value: Any) -> Any:
+        """Keep ``value``; returns its handle (blocking: called on a thread)."""
+
+    async def get(self, handle: Any) -> Any:
+        """The value behind ``handle``; :class:`ObjectLost` when it is gone."""
+
+
 class HandlerRunner:
     """Executes handlers from one registry with deadlines and failure isolation."""
 
-    def __init__(self, registry: HandlerRegistry, *, max_concurrency: int, max_stuck_calls: int) -> None:
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        *,
+        max_concurrency: int,
+        max_stuck_calls: int,
+        objects: ObjectStore | None = None,
+    ) -> None:
         self._registry = registry
+        self._objects = objects
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="serveflow-handler")
         self._max_stuck = max_stuck_calls
         self._stuck = 0
@@ -66,8 +96,9 @@ class HandlerRunner:
             carrier=item.trace_context,
         ) as span:
             try:
-                value = await self._call(item)
+                value, handle = await self._call(item)
                 result = TaskResult(task_id=item.task_id, task_type=item.task_type, success=True, result=value)
+                result._object_ref = handle
                 self.completed += 1
             except ServeflowError as err:
                 self.failed += 1
@@ -76,11 +107,16 @@ class HandlerRunner:
         result.duration_ms = (time.perf_counter() - started) * 1000.0
         return result
 
-    async def _call(self, item: WorkItem) -> Any:
+    async def _call(self, item: WorkItem) -> tuple[Any, Any]:
+        """The handler's result and, when it is kept by reference, its handle (the result is then
+        its marker)."""
         spec = self._registry.get(item.task_type)
         if spec is None:
             raise UnknownTaskType(f"task type {item.task_type!r} is not served by this pool")
-        arg = self._validate(spec, item.payload)
+        payload = item.payload
+        if item.refs:
+            payload = result_refs.substitute(payload, await self._fetch(item.refs))
+        arg = self._validate(spec, payload)
         if spec.is_async:
             future: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(arg))  # type: ignore[arg-type]
         else:
@@ -103,7 +139,31 @@ class HandlerRunner:
             raise
         except Exception as exc:
             raise self._handler_failure(spec, item, exc) from exc
-        return self._renderable(item, value)
+        if item.by_ref_over is not None and self._objects is not None:
+            if result_refs.raw_size(value) is None:
+                value = self._renderable(item, value)
+            kept = result_refs.keep_decision(value, item.by_ref_over, jsonio.dumps)
+            if kept is not None:
+                handle = await asyncio.to_thread(self._objects.put, value)
+                return result_refs.marker(*kept), handle
+            return value, None
+        return self._renderable(item, value), None
+
+    async def _fetch(self, handles: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of upstream results kept by reference, by producing step."""
+        if self._objects is None:
+            raise Unavailable("this pool cannot read results kept by reference")
+        steps = list(handles)
+        values = await asyncio.gather(*(self._objects.get(handles[s]) for s in steps), return_exceptions=True)
+        for step, value in zip(steps, values, strict=True):
+            if isinstance(value, ObjectLost):
+                raise Unavailable(
+                    f"the result of step {step!r} is no longer in Ray's object store (its worker or node is gone)",
+                    details={"lost_result": step},
+                )
+            if isinstance(value, BaseException):
+                raise value
+        return dict(zip(steps, values, strict=True))
 
     @staticmethod
     def _renderable(item: WorkItem, value: Any) -> Any:

@@ -30,12 +30,13 @@ import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
 from serve_app.core import jsonio
-from serve_app.core.errors import Conflict, ErrorCode, NotFound, ServeflowError, ValidationFailed
+from serve_app.core.errors import Conflict, ErrorCode, NotFound, ServeflowError, Unavailable, ValidationFailed
 from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.core.retry import Backoff
 from serve_app.runtime import tracing
 from serve_app.workflow.gate import PriorityGate
 from serve_app.workflow.inputs import InputSchema
+from serve_app.workflow.kept import MAX_REMAKES, KeptResults, lost_result
 from serve_app.workflow.scheduler import Changes, Scheduler
 from serve_app.workflow.spec import (
     MissingValue,
@@ -52,7 +53,7 @@ from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
-SubmitTask = Callable[[TaskRequest], Awaitable[TaskResult]]
+SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None)
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
 _CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
@@ -92,6 +93,7 @@ class RunEngine:
         cancel_poll_s: float = 0.5,
         step_start_timeout_s: float = 300.0,
         max_inflight_steps: int = 256,
+        result_by_ref_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -111,6 +113,8 @@ class RunEngine:
         self.gate = PriorityGate(max_inflight_steps)
         self._poke: dict[str, asyncio.Event] = {}  # set when a signal for a run driven here arrives
         self._timers: set[asyncio.TimerHandle] = set()
+        self._by_ref_over = result_by_ref_bytes
+        self._kept: dict[str, KeptResults] = {}  # results kept by reference, per run driven here
 
     @property
     def workflows(self) -> dict[str, WorkflowSpec]:
@@ -344,6 +348,8 @@ class RunEngine:
 
     async def _execute(self, run_id: str, spec: WorkflowSpec, epoch: int) -> None:
         _EXECUTION_LEASE.set(Lease(self._owner, epoch))  # this task's context and its step tasks'
+        if self._by_ref_over is not None:
+            self._kept[run_id] = KeptResults(spec, self._by_ref_over)
         with tracing.start_span(f"Run:{spec.name}", attributes={"serveflow.run_id": run_id}):
             try:
                 run = await self.get(run_id)
@@ -356,6 +362,8 @@ class RunEngine:
             except LeaseLost as lost:
                 # Fenced out: another Coordinator claimed the run. Write nothing more, release nothing.
                 logger.warning("run %s: %s; stopped driving it here", run_id, lost)
+            finally:
+                self._kept.pop(run_id, None)  # its kept results go with it (made again if needed)
 
     async def _drive(self, run: RunState, spec: WorkflowSpec) -> None:
         states = {s.name: s for s in run.steps}
@@ -626,7 +634,7 @@ class RunEngine:
     # ------------------------------------------------------------------ steps
 
     async def _run_step(
-        self, run: RunState, spec: WorkflowSpec, step: StepSpec, st: StepState, results: Mapping[str, Any]
+        self, run: RunState, spec: WorkflowSpec, step: StepSpec, st: StepState, results: dict[str, Any]
     ) -> StepState:
         # ``st`` is the run's own step record: attempts survive a cancellation.
         with tracing.start_span(f"Step:{spec.name}.{step.name}", attributes={"serveflow.run_id": run.run_id}):
@@ -640,19 +648,16 @@ class RunEngine:
             else:
                 if step.workflow is not None:
                     st.child_run_id = child_run_id(run.run_id, step.name)
-
-                async def write_ahead(attempt: int) -> None:
-                    st.attempts = attempt
-                    await self._store.save_step(run.run_id, st, lease)  # the attempt is on record
-
-                res, st.attempts = await self._unit(run, step, results, None, st.attempts, write_ahead)
+                res, st.attempts = await self._attempts(
+                    run, step, results, None, st.attempts, self._write_ahead(run.run_id, st, lease)
+                )
                 st.status = StepStatus.SUCCEEDED if res.success else StepStatus.FAILED
                 st.result, st.error = (res.result, None) if res.success else (None, res.error)
             st.finished_at = self._clock()
             await self._store.save_step(run.run_id, st, lease)
             return st
 
-    async def _run_map(self, run: RunState, step: StepSpec, st: StepState, results: Mapping[str, Any], lease: Lease) -> None:
+    async def _run_map(self, run: RunState, step: StepSpec, st: StepState, results: dict[str, Any], lease: Lease) -> None:
         """Run the step once per element, at most ``max_parallel`` at once, recording each finished
         element; elements finished before a restart are not run again."""
         assert step.map is not None
@@ -682,7 +687,7 @@ class RunEngine:
             for i in todo:  # one shared iterator: each worker takes the next element
                 if stop_on_failure and failures:
                     return
-                res, attempts = await self._unit(run, step, results, {"item": items[i], "index": i}, 0, None)
+                res, attempts = await self._attempts(run, step, results, {"item": items[i], "index": i}, 0, None)
                 if res.success:
                     gathered[i] = res.result
                     outcome = ItemOutcome(i, StepStatus.SUCCEEDED, attempts, res.result)
@@ -717,6 +722,69 @@ class RunEngine:
             return
         st.status, st.result = StepStatus.SUCCEEDED, gathered
 
+    def _write_ahead(self, run_id: str, st: StepState, lease: Lease) -> Callable[[int], Awaitable[None]]:
+        async def write_ahead(attempt: int) -> None:
+            st.attempts = attempt
+            await self._store.save_step(run_id, st, lease)  # the attempt is on record
+
+        return write_ahead
+
+    async def _attempts(
+        self,
+        run: RunState,
+        step: StepSpec,
+        results: dict[str, Any],
+        scope: Mapping[str, Any] | None,
+        attempts: int,
+        write_ahead: Callable[[int], Awaitable[None]] | None,
+    ) -> tuple[TaskResult, int]:
+        """:meth:`_unit`, after making again any upstream result kept by reference that is gone
+        (the run was resumed, parked, or the worker or node holding it died)."""
+        kept = self._kept.get(run.run_id)
+        if kept is None:
+            return await self._unit(run, step, results, scope, attempts, write_ahead)
+        for remakes in range(MAX_REMAKES + 1):
+            for name in kept.missing(step.name, results):
+                failed = await self._remake(run, kept, name, results)
+                if failed is not None:
+                    return failed, attempts
+            res, attempts = await self._unit(run, step, results, scope, attempts, write_ahead)
+            lost = lost_result(res)
+            if lost is None or remakes == MAX_REMAKES:
+                break
+            kept.forget(lost)
+        if res.success:
+            kept.keep(step.name, res)
+        return res, attempts
+
+    async def _remake(self, run: RunState, kept: KeptResults, name: str, results: dict[str, Any]) -> TaskResult | None:
+        """Run step ``name`` again because its result, kept by reference, is gone; None when it
+        is held again, else the failure for the step that needed it."""
+        async with kept.lock(name):
+            if kept.held(name):
+                return None  # another dependant made it meanwhile
+            spec = self._workflows.get(run.workflow)
+            producer = spec.step(name) if spec is not None else None
+            st = next((s for s in run.steps if s.name == name), None)
+            if producer is None or st is None:
+                return TaskResult.failure(Unavailable(f"the result of step {name!r} is gone and cannot be made again"))
+            logger.info("run %s: making the result of step %s again (kept by reference, now gone)", run.run_id, name)
+            lease = self._lease(run.run_id)
+            res, st.attempts = await self._attempts(
+                run, producer, results, None, st.attempts, self._write_ahead(run.run_id, st, lease)
+            )
+            if not res.success:
+                return res.model_copy(
+                    update={
+                        "error": _because(
+                            res.error, f"step {name!r} (made again: its result was gone)", "remake_error", step=name
+                        )
+                    }
+                )
+            st.result, results[name], st.finished_at = res.result, res.result, self._clock()
+            await self._store.save_step(run.run_id, st, lease)
+            return None
+
     async def _unit(
         self,
         run: RunState,
@@ -736,8 +804,8 @@ class RunEngine:
             if write_ahead is not None:
                 await write_ahead(attempts)
             res = await self._once(run, step, results, scope, attempts)
-            if res.success:
-                return res, attempts
+            if res.success or lost_result(res) is not None:
+                return res, attempts  # a lost input is made again by the caller, not retried as is
             assert res.error is not None
             if res.error.code in _NOT_STARTED:
                 attempts -= 1
@@ -764,14 +832,25 @@ class RunEngine:
         if step.workflow is not None:
             return await self._child(run, step, payload, index, where)
         element = "" if index is None else f".i{index}"
+        request = TaskRequest(
+            task_type=step.task_type,
+            payload=payload,
+            task_id=f"{run.run_id}.{step.name}{element}.{attempt}",
+            timeout_s=step.timeout_s,
+        )
+        kept = self._kept.get(run.run_id)
         async with self.gate.slot(run.priority):
-            return await self._submit(
-                TaskRequest(
-                    task_type=step.task_type,
-                    payload=payload,
-                    task_id=f"{run.run_id}.{step.name}{element}.{attempt}",
-                    timeout_s=step.timeout_s,
+            if kept is None:
+                return await self._submit(request)
+            gone = kept.missing(step.name, results)
+            if gone:  # dropped since the caller looked: never send a marker in place of the value
+                return TaskResult.failure(
+                    Unavailable(f"the result of step {gone[0]!r} is gone", details={"lost_result": gone[0]})
                 )
+            return await self._submit(
+                request,
+                by_ref_over=None if index is not None else kept.by_ref_over(step),
+                refs=kept.inputs(step.name, results),
             )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:

@@ -275,6 +275,25 @@ class WorkflowSpec(_Strict):
             for s in self.steps
         }
 
+    def passable_by_reference(self) -> set[str]:
+        """Task steps whose result may stay in Ray's object store: every read of it is whole
+        (``${steps.<name>.result}``) by a task step's input or by the output. A condition, a map's
+        list, a wait, a child run's input or a path into the result needs the value itself."""
+        needed: set[str] = set()
+        for s in self.steps:
+            needed |= _condition_steps(s)
+            for template, passes in ((s.input, s.task_type is not None), (s.map.over if s.map else None, False)):
+                for ref in step_refs(template):
+                    if ref[0] == "steps" and len(ref) > 1 and not (passes and ref[2:] == ["result"]):
+                        needed.add(ref[1])
+            for ref in step_refs([s.sleep, s.sleep_until]):
+                if ref[0] == "steps" and len(ref) > 1:
+                    needed.add(ref[1])
+        for ref in step_refs(self.output):
+            if ref[0] == "steps" and len(ref) > 1 and ref[2:] != ["result"]:
+                needed.add(ref[1])
+        return {s.name for s in self.steps if s.task_type is not None and s.map is None and s.name not in needed}
+
     def final_steps(self) -> list[str]:
         deps = self.dependencies()
         upstream = set().union(*deps.values()) if deps else set()

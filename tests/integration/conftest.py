@@ -17,7 +17,10 @@ POOLS: dict[str, Any] = {
         "task_types": ["echo", "noop", "sleep", "fail", "record"],
         "max_ongoing_requests": 32,
     },
-    "compute": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["fib", "count_primes"]},
+    "compute": {
+        "handler_modules": ["serve_app.examples.compute"],
+        "task_types": ["fib", "count_primes", "make_blob", "blob_stats"],
+    },
     "fragile": {
         "handler_modules": ["serve_app.examples.faults"],
         "task_types": ["hang", "crash", "whoami", "stall", "flaky", "block_loop"],
@@ -184,6 +187,16 @@ WORKFLOWS += [
             {"name": "ask", "task_type": "echo", "input": {"message": "${input.what}"}},
             {"name": "approve", "wait_for": {"signal": "approved", "timeout": "1h"}, "depends_on": ["ask"]},
             {"name": "after", "task_type": "echo", "input": {"message": "${steps.approve.result.by}"}},
+        ],
+    },
+]
+WORKFLOWS += [
+    {
+        "name": "big_result",  # results by reference: bytes made in one step, read whole by the next
+        "steps": [
+            {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}"}},
+            {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["make"]},
+            {"name": "stats", "task_type": "blob_stats", "input": {"data": "${steps.make.result}"}, "depends_on": ["pause"]},
         ],
     },
 ]

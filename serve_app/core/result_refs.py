@@ -1,0 +1,83 @@
+"""Step results kept by reference: the marker stored and shown in their place.
+
+A workflow step whose result is large (or not JSON at all: bytes, arrays) keeps
+it in Ray's object store; the run store, the Coordinator and every listing see
+only a small marker::
+
+    {"$serveflow_ref": {"step": "make", "bytes": 104857600, "kind": "bytes"}}
+
+The next step's worker receives the object reference beside its payload and
+puts the value back where the marker stands (:func:`substitute`). Pure: nothing
+here touches Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+REF_KEY = "$serveflow_ref"
+
+
+def marker(nbytes: int, kind: str, step: str | None = None) -> dict[str, Any]:
+    """The stand-in for a result of ``nbytes`` of ``kind`` ("json", "bytes", "array", "object")."""
+    inner: dict[str, Any] = {"bytes": nbytes, "kind": kind}
+    if step is not None:
+        inner["step"] = step
+    return {REF_KEY: inner}
+
+
+def marker_of(value: Any) -> dict[str, Any] | None:
+    """The inside of ``value`` when it is a marker, else None."""
+    if isinstance(value, dict) and len(value) == 1:
+        inner = value.get(REF_KEY)
+        if isinstance(inner, dict):
+            return inner
+    return None
+
+
+def step_of(value: Any) -> str | None:
+    """The producing step named by a marker, or None."""
+    inner = marker_of(value)
+    step = inner.get("step") if inner is not None else None
+    return step if isinstance(step, str) else None
+
+
+def substitute(payload: Any, values: Mapping[str, Any]) -> Any:
+    """``payload`` with every marker of a step in ``values`` replaced by that step's value.
+    Containers are copied only along the paths that hold a marker."""
+    step = step_of(payload)
+    if step is not None and step in values:
+        return values[step]
+    if isinstance(payload, dict):
+        out = {k: substitute(v, values) for k, v in payload.items()}
+        return out if any(out[k] is not payload[k] for k in payload) else payload
+    if isinstance(payload, list):
+        items = [substitute(v, values) for v in payload]
+        return items if any(a is not b for a, b in zip(items, payload, strict=True)) else payload
+    return payload
+
+
+def raw_size(value: Any) -> tuple[int, str] | None:
+    """Size and kind of a value that is not JSON but can be kept by reference (bytes, buffers,
+    NumPy-style arrays); None for anything else."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value), "bytes"
+    if isinstance(value, memoryview):
+        return value.nbytes, "bytes"
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int) and hasattr(value, "__array__"):
+        return nbytes, "array"
+    return None
+
+
+def keep_decision(value: Any, threshold: int, render: Callable[[Any], str]) -> tuple[int, str] | None:
+    """(size, kind) when ``value`` should be kept by reference under ``threshold`` bytes, else
+    None. ``render`` gives a JSON value's text (its size is what a store would hold)."""
+    raw = raw_size(value)
+    if raw is not None:
+        return raw
+    if isinstance(value, (dict, list, str)):
+        size = len(render(value).encode())
+        if size > threshold:
+            return size, "json"
+    return None

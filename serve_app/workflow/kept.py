@@ -1,0 +1,83 @@
+"""The results of one run kept by reference, while an engine drives the run.
+
+A step whose result is large (or not JSON) keeps it in Ray's object store: its
+worker answers with a marker (stored as the step's result) and an object
+reference, which only the driving engine holds, in memory. The next step's
+worker gets the reference and reads the value straight from the object store,
+so it never passes through the Coordinator or the database.
+
+Durability: a reference lives as long as the worker that made the value (and
+its node) and this engine's hold on it. When the run stops being driven here
+(it ends, parks, its Coordinator restarts or loses the lease) the references
+go, and the objects with them. A step that needs a result that is gone has its
+producer run again first (:meth:`RunEngine._remake`): at-least-once, like any
+step in flight at a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Mapping
+
+from serve_app.core import result_refs
+from serve_app.core.models import TaskResult
+from serve_app.workflow.spec import StepSpec, WorkflowSpec, step_refs
+
+# Lost upstream results are made again at most this often for one step attempt.
+MAX_REMAKES = 3
+
+
+class KeptResults:
+    """Object references of one run's results, by producing step."""
+
+    def __init__(self, spec: WorkflowSpec, threshold: int) -> None:
+        self._threshold = threshold
+        self._passable = spec.passable_by_reference()
+        # step -> the steps whose results its input reads (ordering alone needs no value)
+        self._reads = {
+            s.name: {r[1] for r in step_refs(s.input) if r[0] == "steps" and len(r) > 1} for s in spec.steps
+        }
+        self._refs: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def by_ref_over(self, step: StepSpec) -> int | None:
+        """The size above which this step's result stays in the object store; None: inline."""
+        return self._threshold if step.name in self._passable else None
+
+    def _kept_inputs(self, step: str, results: Mapping[str, Any]) -> list[str]:
+        return sorted(d for d in self._reads.get(step, ()) if result_refs.step_of(results.get(d)) == d)
+
+    def missing(self, step: str, results: Mapping[str, Any]) -> list[str]:
+        """Upstream steps whose kept result this step reads but whose reference is not held."""
+        return [d for d in self._kept_inputs(step, results) if d not in self._refs]
+
+    def inputs(self, step: str, results: Mapping[str, Any]) -> dict[str, Any]:
+        """The references this step's worker needs, by producing step."""
+        return {d: self._refs[d] for d in self._kept_inputs(step, results) if d in self._refs}
+
+    def held(self, step: str) -> bool:
+        return step in self._refs
+
+    def keep(self, step: str, res: TaskResult) -> None:
+        """Hold the reference of a successful answer; its marker gets the producing step's name."""
+        ref = res._object_ref
+        inner = result_refs.marker_of(res.result)
+        if ref is None or inner is None:
+            return
+        self._refs[step] = ref
+        res.result = result_refs.marker(inner["bytes"], inner["kind"], step)
+
+    def forget(self, step: str) -> None:
+        self._refs.pop(step, None)
+
+    def lock(self, step: str) -> asyncio.Lock:
+        """One remake of ``step`` at a time, however many dependants find it gone."""
+        return self._locks.setdefault(step, asyncio.Lock())
+
+
+def lost_result(res: TaskResult) -> str | None:
+    """The upstream step whose kept result a worker could not read, or None."""
+    if res.error is None:
+        return None
+    lost = res.error.details.get("lost_result")
+    return lost if isinstance(lost, str) else None

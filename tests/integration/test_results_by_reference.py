@@ -1,0 +1,67 @@
+"""Results kept by reference on real Serve: a step's bytes stay in Ray's object store and reach
+the next step without the Coordinator or the database holding them; a result lost with its
+worker is made again."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from serve_app.client.sdk import ServeflowClient
+from tests.integration.conftest import wait_until
+from tests.integration.faults import pool_settled, replica_actors
+
+MB = 1 << 20
+
+
+def _stats(size: int) -> dict[str, int]:
+    return {"bytes": size, "adler32": zlib.adler32(bytes(size))}
+
+
+def _marker(size: int) -> dict[str, Any]:
+    return {"$serveflow_ref": {"bytes": size, "kind": "bytes", "step": "make"}}
+
+
+def test_a_large_result_goes_by_reference_over_http_and_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
+    size = 20 * MB
+    body = http.post("/v1/workflows/big_result/runs", json={"input": {"size": size, "pause": 0}, "wait": True}).json()
+    assert body["success"], body["error"]
+    steps = {s["name"]: s for s in body["run"]["steps"]}
+    assert steps["make"]["result"] == _marker(size)  # what the store and every reader see
+    assert steps["stats"]["result"] == _stats(size)
+    assert body["run"]["output"] == {"stats": _stats(size)}
+    stored = http.get(f"/v1/runs/{body['run_id']}")
+    assert stored.status_code == 200 and len(stored.content) < 10_000  # 20 MB never reached the store
+    listed = http.get("/v1/runs", params={"workflow": "big_result"})
+    assert listed.status_code == 200 and len(listed.content) < 100_000
+    with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
+        run = client.start_run("big_result", {"size": 3 * MB, "pause": 0}, wait=True)
+        assert run.success and run.run is not None
+        assert {s["name"]: s for s in run.run["steps"]}["stats"]["result"]["bytes"] == 3 * MB
+
+
+@pytest.mark.faults
+def test_a_result_lost_with_its_worker_is_made_again(http: httpx.Client) -> None:
+    run_id = http.post("/v1/workflows/big_result/runs", json={"input": {"size": 5 * MB, "pause": 4}}).json()["run_id"]
+
+    def steps() -> dict[str, Any]:
+        return {s["name"]: s for s in http.get(f"/v1/runs/{run_id}").json()["run"]["steps"]}
+
+    wait_until(lambda: steps()["pause"]["status"] == "running", 60, interval_s=0.1, what="the pause after make")
+    for actor in replica_actors("HandlerWorker_compute").values():
+        ray.kill(actor, no_restart=True)  # the worker that owns the bytes: they are gone with it
+    run = wait_until(
+        lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
+        120,
+        interval_s=0.5,
+        what="the run to end",
+    )
+    assert run["status"] == "succeeded", run["error"]
+    got = {s["name"]: s for s in run["steps"]}
+    assert got["make"]["attempts"] == 2 and got["make"]["result"] == _marker(5 * MB)  # made again
+    assert got["stats"]["result"] == _stats(5 * MB)
+    wait_until(lambda: pool_settled(http, "HandlerWorker_compute", "compute"), 120, what="compute pool back")

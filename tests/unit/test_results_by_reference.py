@@ -1,0 +1,274 @@
+"""Results kept by reference: the marker, which steps may keep one, the worker's side and the
+engine's (hold, pass, make again when gone), over every store, in-process (no Ray: the object
+store is :class:`serve_app.testing.LocalObjects`). On real Serve: tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, AsyncIterator
+
+import pytest
+
+from serve_app.core import jsonio, result_refs
+from serve_app.core.models import WorkItem
+from serve_app.runtime.config import AppConfig
+from serve_app.runtime.handlers import HandlerRegistry
+from serve_app.runtime.runner import HandlerRunner
+from serve_app.testing import LocalObjects, in_process_dispatcher
+from serve_app.workflow import WorkflowSpec, validate
+from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.state import RunStatus, StepStatus
+from tests.conftest import STORE_KINDS, StoreFactory
+
+pytestmark = pytest.mark.anyio
+
+MB = 1 << 20
+ARGS = {
+    "pools": {
+        "general": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["echo", "sleep"]},
+        "blobs": {
+            "handler_modules": ["serve_app.examples.compute", "tests.unit.byref_handlers"],
+            "task_types": ["make_blob", "blob_stats", "blob_once", "big_json", "text_length"],
+        },
+    },
+}
+
+
+def spec(name: str, steps: list[dict[str, Any]], **kw: Any) -> WorkflowSpec:
+    s = WorkflowSpec.model_validate({"name": name, "steps": steps, **kw})
+    validate(s)
+    return s
+
+
+MAKE = {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}"}}
+STATS = {"name": "stats", "task_type": "blob_stats", "input": {"data": "${steps.make.result}"}}
+WORKFLOWS = {
+    s.name: s
+    for s in [
+        spec("pair", [MAKE, STATS]),
+        spec(
+            "paused_pair",  # the reader starts after a pause: time to lose the result
+            [MAKE, {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["make"]},
+             {**STATS, "depends_on": ["pause"]}],
+        ),
+        spec(
+            "two_readers",
+            [MAKE, {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["make"]},
+             {**STATS, "depends_on": ["pause"]}, {**STATS, "name": "stats2", "depends_on": ["pause"]}],
+        ),
+        spec(
+            "once",
+            [{"name": "make", "task_type": "blob_once", "input": {"size": 100, "key": "${input.key}"}},
+             {"name": "pause", "task_type": "sleep", "input": {"seconds": 0.3}, "depends_on": ["make"]},
+             {**STATS, "depends_on": ["pause"]}],
+        ),
+        spec(
+            "json_pair",
+            [{"name": "doc", "task_type": "big_json", "input": {"size": "${input.size}"}},
+             {"name": "length", "task_type": "text_length", "input": {"doc": "${steps.doc.result}"}}],
+        ),
+    ]
+}
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_marker_and_substitute() -> None:
+    m = result_refs.marker(10, "bytes", "make")
+    assert m == {"$serveflow_ref": {"bytes": 10, "kind": "bytes", "step": "make"}}
+    assert result_refs.step_of(m) == "make" and result_refs.marker_of({"a": 1}) is None
+    assert result_refs.step_of({**m, "extra": 1}) is None  # a marker is a dict of one key
+    payload = {"data": m, "other": {"x": [1, m]}, "keep": {"y": 2}}
+    out = result_refs.substitute(payload, {"make": b"abc"})
+    assert out == {"data": b"abc", "other": {"x": [1, b"abc"]}, "keep": {"y": 2}}
+    assert out["keep"] is payload["keep"]  # copied only along paths holding a marker
+    assert result_refs.substitute(payload, {}) is payload
+    assert result_refs.substitute(m, {"make": 5}) == 5
+
+
+def test_keep_decision() -> None:
+    class Array:  # NumPy-like: nbytes and __array__
+        nbytes = 64
+
+        def __array__(self) -> None: ...
+
+    assert result_refs.keep_decision(b"ab", 1_000, jsonio.dumps) == (2, "bytes")  # not JSON: always kept
+    assert result_refs.keep_decision(memoryview(b"abc"), 1_000, jsonio.dumps) == (3, "bytes")
+    assert result_refs.keep_decision(Array(), 1_000, jsonio.dumps) == (64, "array")
+    assert result_refs.keep_decision({"a": "x" * 10}, 1_000, jsonio.dumps) is None
+    big = {"a": "é" * 600}  # 1,200 bytes as UTF-8
+    assert result_refs.keep_decision(big, 1_000, jsonio.dumps) == (len(json.dumps(big, ensure_ascii=False, separators=(",", ":")).encode()), "json")
+    assert result_refs.keep_decision(12345, 1, jsonio.dumps) is None  # scalars stay inline
+
+
+def test_which_steps_may_keep_results_by_reference() -> None:
+    s = spec(
+        "mixed",
+        [
+            {"name": "whole", "task_type": "make_blob", "input": {"size": 1}},
+            {"name": "path", "task_type": "echo", "input": {"message": "x"}},
+            {"name": "cond", "task_type": "echo", "input": {"message": "x"}},
+            {"name": "listed", "task_type": "echo", "input": {"message": "x"}},
+            {"name": "child_in", "task_type": "echo", "input": {"message": "x"}},
+            {"name": "mapped", "task_type": "echo", "map": {"over": "${input.xs}"}, "input": {"message": "${item}"}},
+            {"name": "reader", "task_type": "blob_stats", "input": {"data": "${steps.whole.result}", "m": "${steps.path.result.message}"}},
+            {"name": "gated", "task_type": "echo", "input": {"message": "y"}, "when": "steps.cond.result.message == 'x'"},
+            {"name": "each", "task_type": "echo", "map": {"over": "${steps.listed.result}"}, "input": {"message": "${item}"}},
+            {"name": "kid", "workflow": "pair", "input": {"size": "${steps.child_in.result}"}},
+        ],
+        output={"m": "${steps.mapped.result}", "r": "${steps.reader.result}"},
+    )
+    passable = s.passable_by_reference()
+    assert {"whole", "reader", "gated"} <= passable
+    assert not passable & {"path", "cond", "listed", "child_in", "mapped", "each", "kid"}
+
+
+async def test_the_worker_keeps_large_or_binary_results_and_reads_kept_inputs() -> None:
+    objects = LocalObjects()
+    registry = HandlerRegistry.from_modules(["serve_app.examples.compute", "tests.unit.byref_handlers"], ["make_blob", "blob_stats", "big_json"])
+    runner = HandlerRunner(registry, max_concurrency=2, max_stuck_calls=2, objects=objects)
+
+    def item(task_type: str, payload: dict[str, Any], **kw: Any) -> WorkItem:
+        return WorkItem(task_id=uuid.uuid4().hex, task_type=task_type, payload=payload, timeout_s=5, **kw)
+
+    plain = await runner.run(item("make_blob", {"size": 3}))  # a task, not a step: rendered as JSON as ever
+    assert plain.success and plain.result == "\x00" * 3 and plain._object_ref is None and not objects.values
+    kept = await runner.run(item("make_blob", {"size": 3}, by_ref_over=MB))
+    assert kept.success and kept.result == result_refs.marker(3, "bytes") and objects.values[kept._object_ref] == bytes(3)
+    small = await runner.run(item("big_json", {"size": 10}, by_ref_over=MB))
+    assert small.result == {"text": "x" * 10} and small._object_ref is None
+    large = await runner.run(item("big_json", {"size": 2000}, by_ref_over=1000))
+    assert result_refs.marker_of(large.result) == {"bytes": 2011, "kind": "json"}
+    assert objects.values[large._object_ref] == {"text": "x" * 2000}
+
+    marker = result_refs.marker(3, "bytes", "make")
+    read = await runner.run(item("blob_stats", {"data": marker}, refs={"make": kept._object_ref}))
+    assert read.success and read.result["bytes"] == 3
+    objects.clear()
+    lost = await runner.run(item("blob_stats", {"data": marker}, refs={"make": kept._object_ref}))
+    assert lost.error is not None and lost.error.code == "unavailable" and lost.error.details["lost_result"] == "make"
+    assert "no longer in Ray's object store" in lost.error.message
+    runner.close()
+
+
+# ------------------------------------------------------------------ the engine
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def setup(kind: str, store_factory: StoreFactory) -> AsyncIterator[Any]:
+    config = AppConfig.from_args(ARGS)
+    dispatcher, _, pools = in_process_dispatcher(config)
+    engines: list[RunEngine] = []
+
+    async def engine(owner: str = "one", threshold: int | None = MB) -> RunEngine:
+        eng = RunEngine(
+            await store_factory(kind), dispatcher.submit, WORKFLOWS, owner=owner, lease_s=1, result_by_ref_bytes=threshold
+        )
+        engines.append(eng)
+        return eng
+
+    yield engine, pools.objects
+    for eng in engines:
+        await eng.shutdown()
+    pools.close()
+
+
+async def _until_running(engine: RunEngine, run_id: str, step: str, attempt: int = 1) -> None:
+    for _ in range(500):
+        st = (await engine.get(run_id)).step(step)
+        if st.status is StepStatus.RUNNING and st.attempts == attempt:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{step} never running")
+
+
+async def test_a_kept_result_reaches_the_next_step_and_only_its_marker_is_stored(setup: Any) -> None:
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("pair", {"size": 3 * MB})
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    marker = result_refs.marker(3 * MB, "bytes", "make")
+    assert run.step("make").result == marker and run.step("stats").result["bytes"] == 3 * MB
+    assert run.output == {"stats": run.step("stats").result}  # the default output: the final step
+    stored = await engine.get(run.run_id)
+    assert len(jsonio.dumps(stored.public())) < 10_000  # the 3 MB never reached the store
+    assert run.step("make").attempts == 1
+    assert engine._kept == {}  # released with the run: Ray frees the object
+
+
+async def test_a_large_json_result_is_kept_and_read_whole(setup: Any) -> None:
+    make_engine, _ = setup
+    engine = await make_engine(threshold=1000)
+    run, _ = await engine.start("json_pair", {"size": 5000})
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED and run.step("length").result == {"length": 5000}
+    assert result_refs.step_of(run.step("doc").result) == "doc"
+    inline = await make_engine(owner="two", threshold=None)  # by reference off: inline as before
+    run, _ = await inline.start("json_pair", {"size": 5000})
+    run = await inline.wait(run.run_id, 20)
+    assert run.step("doc").result == {"text": "x" * 5000} and run.step("length").result == {"length": 5000}
+
+
+async def test_a_lost_result_is_made_again_before_its_reader_runs(setup: Any) -> None:
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("paused_pair", {"size": 1000, "pause": 0.3})
+    await _until_running(engine, run.run_id, "pause")
+    objects.clear()  # the producer's worker died: its object is gone
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("make").attempts == 2 and run.step("stats").result["bytes"] == 1000
+    # The reader was sent twice (the first found its input gone), though its policy allows one
+    # attempt: a lost input is not the reader's failure.
+    assert run.step("stats").attempts == 2
+
+
+async def test_after_a_coordinator_restart_the_producer_runs_again(setup: Any) -> None:
+    make_engine, _ = setup
+    first = await make_engine("first")
+    run, _ = await first.start("paused_pair", {"size": 1000, "pause": 0.5})
+    await _until_running(first, run.run_id, "pause")
+    await first.shutdown()  # its in-memory references go with it
+    second = await make_engine("second")
+    assert run.run_id in await second.resume()
+    await _until_running(second, run.run_id, "pause", attempt=2)
+    assert (await second.get(run.run_id)).step("make").attempts == 1  # made again only when read
+    run = await second.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("make").attempts == 2 and run.step("stats").result["bytes"] == 1000
+    assert run.step("stats").attempts == 1  # the reader found its input before it was sent
+
+
+async def test_two_readers_of_a_lost_result_make_it_again_once(setup: Any) -> None:
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("two_readers", {"size": 10, "pause": 0.3})
+    await _until_running(engine, run.run_id, "pause")
+    objects.clear()
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("make").attempts == 2  # once, for both readers
+    assert run.step("stats").result == run.step("stats2").result == {"bytes": 10, "adler32": run.step("stats").result["adler32"]}
+
+
+async def test_a_producer_that_cannot_be_made_again_fails_its_reader_with_its_error(setup: Any) -> None:
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("once", {"key": uuid.uuid4().hex})
+    await _until_running(engine, run.run_id, "pause")
+    objects.clear()
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.FAILED
+    stats = run.step("stats")
+    assert stats.status is StepStatus.FAILED and stats.error is not None
+    assert stats.error.code == "handler_error" and "made again" in stats.error.message
+    assert stats.error.details["step"] == "make" and run.step("make").attempts == 2
