@@ -40,13 +40,15 @@ def count_primes(inp: PrimesIn) -> dict[str, int]:
 
 class BlobIn(BaseModel):
     size: int = Field(ge=0, le=1 << 30, description="Bytes to make.")
+    text: bool = Field(False, description="A JSON string of `size` characters instead of bytes.")
 
 
 @handler("make_blob")
-def make_blob(inp: BlobIn) -> bytes:
+def make_blob(inp: BlobIn) -> bytes | str:
     """``size`` bytes. Not JSON: in a workflow it stays in Ray's object store (kept by reference)
-    and goes straight to the step that reads it."""
-    return bytes(inp.size)
+    and goes straight to the step that reads it. With ``text`` a JSON string, kept by reference
+    only above ``workflows.result_by_ref_bytes``."""
+    return "x" * inp.size if inp.text else bytes(inp.size)
 
 
 @handler("blob_stats")
