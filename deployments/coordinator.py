@@ -66,7 +66,7 @@ class Coordinator:
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
-        self._readiness_version = 0  # the manager's versions start at 1: the first poll answers at once
+        self._readiness_version: str | None = None  # no version yet: the first poll answers at once
         self._stats = TaskStats()
         self._prometheus = ServeMetricsObserver()
         self._dispatcher = Dispatcher(

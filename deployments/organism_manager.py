@@ -117,7 +117,7 @@ class OrganismManager:
             out[name] = {"ready": self._trackers[name].ready, "status": snap.status.value, "error": snap.error}
         return out
 
-    async def readiness(self, since: int | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+    async def readiness(self, since: str | None = None, wait_s: float = 0.0) -> dict[str, Any]:
         """Per pool: ready flag, state and error (what the Coordinator routes by), with its version.
 
         A long poll: given the version the caller has, it answers when readiness changes or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from typing import Any, Callable, Iterable, Mapping
 
 from serve_app.core.models import ComponentStatus, HealthState
@@ -148,23 +149,29 @@ class ChangeFeed:
     Readers long-poll: :meth:`read` answers at once when the reader's version is not the
     latest, and otherwise waits (bounded) for the next change. A stable value then costs one
     call per ``wait_s`` instead of one per poll interval, and a change reaches every reader
-    as soon as it is published."""
+    as soon as it is published. A version is ``<incarnation>.<count>``: a feed made again (its
+    replica restarted) never repeats one, so a reader holding an old version is answered at once."""
 
     def __init__(self) -> None:
-        self.version = 0
+        self._incarnation = uuid.uuid4().hex[:12]
+        self._count = 0
         self.value: Any = None
         self._changed = asyncio.Event()
 
+    @property
+    def version(self) -> str:
+        return f"{self._incarnation}.{self._count}"
+
     def publish(self, value: Any) -> bool:
         """Record ``value``; returns whether it differs from the last one (and wakes readers)."""
-        if self.version and value == self.value:
+        if self._count and value == self.value:
             return False
-        self.value, self.version = value, self.version + 1
+        self.value, self._count = value, self._count + 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         return True
 
-    async def read(self, since: int | None = None, wait_s: float = 0.0) -> tuple[int, Any]:
+    async def read(self, since: str | None = None, wait_s: float = 0.0) -> tuple[str, Any]:
         """``(version, value)``: now if ``since`` is not the latest version, else after the next
         change or ``wait_s`` seconds, whichever comes first."""
         if since == self.version and wait_s > 0:

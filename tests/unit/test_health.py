@@ -124,16 +124,23 @@ async def test_change_feed_long_poll() -> None:
     assert feed.publish({"general": {"ready": False}})
     assert not feed.publish({"general": {"ready": False}})  # same value: no new version
     version, value = await feed.read(None)
-    assert (version, value) == (1, {"general": {"ready": False}})
+    assert value == {"general": {"ready": False}} and version.endswith(".1")
     # Up to date: waits until the next change, which answers at once.
     waiting = asyncio.ensure_future(feed.read(version, wait_s=10))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     feed.publish({"general": {"ready": True}})
-    assert await asyncio.wait_for(waiting, 1) == (2, {"general": {"ready": True}})
+    v2 = feed.version
+    assert v2 != version and await asyncio.wait_for(waiting, 1) == (v2, {"general": {"ready": True}})
     # Up to date and nothing changes: the answer comes after wait_s with the same version.
     started = asyncio.get_running_loop().time()
-    assert await feed.read(2, wait_s=0.1) == (2, {"general": {"ready": True}})
+    assert await feed.read(v2, wait_s=0.1) == (v2, {"general": {"ready": True}})
     assert asyncio.get_running_loop().time() - started >= 0.09
     # A stale reader is answered at once.
-    assert await asyncio.wait_for(feed.read(1, wait_s=10), 1) == (2, {"general": {"ready": True}})
+    assert await asyncio.wait_for(feed.read(version, wait_s=10), 1) == (v2, {"general": {"ready": True}})
+    # A feed made again (the manager's replica restarted) never repeats a version, so a reader
+    # holding one of the old feed's is answered at once, not after wait_s.
+    again = ChangeFeed()
+    again.publish({"general": {"ready": True}})
+    assert again.version != v2 and again.version.endswith(".1")
+    assert await asyncio.wait_for(again.read(version, wait_s=10), 1) == (again.version, {"general": {"ready": True}})
