@@ -153,13 +153,16 @@ class RunEngine:
                 f"run input: concurrency key {template}: {exc}",
                 details={"errors": [{"loc": loc, "msg": str(exc), "type": "concurrency_key"}]},
             ) from None
+        now = self._clock()
         run = RunState(
             run_id=run_id or uuid.uuid4().hex,
             workflow=workflow,
-            status=RunStatus.QUEUED if key is not None else RunStatus.PENDING,
+            # A run without a concurrency key starts at once: it is stored as running.
+            status=RunStatus.QUEUED if key is not None else RunStatus.RUNNING,
+            started_at=None if key is not None else now,
             input=dict(run_input),
             idempotency_key=idempotency_key,
-            created_at=self._clock(),
+            created_at=now,
             trace_id=tracing.trace_id_hex(),
             parent_run_id=parent[0] if parent else None,
             parent_step=parent[1] if parent else None,
@@ -173,7 +176,8 @@ class RunEngine:
             run, spec.model_dump_json(), request_hash(workflow, run_input), self._owner, self._lease_s
         )
         if created and key is None:
-            self._launch(stored.run_id, spec, epoch=1)
+            # The new run is handed over as it was stored: its execution reads nothing back.
+            self._launch(stored.run_id, spec, epoch=1, fresh=stored.model_copy(deep=True))
         elif created:
             await self._admit(key)
             stored = await self.get(stored.run_id)  # pending now, or queued with its position
@@ -203,13 +207,13 @@ class RunEngine:
         being driven here without finishing (parked on a sleep or a signal, or taken over)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if run_id in self._active:  # driven here: its end is awaited, not polled
+                await self._settle(run_id, deadline - time.monotonic())
             run = await self.get(run_id)
             left = deadline - time.monotonic()
             if run.status.terminal or left <= 0:
                 return run
-            if run_id in self._active:
-                await self._settle(run_id, left)
-            else:
+            if run_id not in self._active:
                 await asyncio.sleep(min(0.2, left))
 
     async def cancel(self, run_id: str, *, wait_s: float = 10.0) -> RunState:
@@ -323,14 +327,18 @@ class RunEngine:
 
     # ------------------------------------------------------------------ execution
 
-    def _launch(self, run_id: str, spec: WorkflowSpec, *, epoch: int) -> None:
+    def _launch(self, run_id: str, spec: WorkflowSpec, *, epoch: int, fresh: RunState | None = None) -> None:
         if run_id in self._active:
             # Claimed again at a newer epoch while the old execution winds down: it is fenced out.
             self._active[run_id].cancel()
         self._epochs[run_id] = epoch
         self._cancel[run_id] = asyncio.Event()
         self._poke[run_id] = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._execute(run_id, spec, epoch), name=f"run-{run_id}")
+        if fresh is not None:
+            # Nobody can have cancelled a run this engine just created through another replica
+            # yet: the first look at the store's cancel flag waits one cancel_poll_s like later ones.
+            self._cancel_checked[run_id] = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._execute(run_id, spec, epoch, fresh), name=f"run-{run_id}")
         self._active[run_id] = task
 
         def done(t: asyncio.Task[None]) -> None:
@@ -346,13 +354,13 @@ class RunEngine:
 
         task.add_done_callback(done)
 
-    async def _execute(self, run_id: str, spec: WorkflowSpec, epoch: int) -> None:
+    async def _execute(self, run_id: str, spec: WorkflowSpec, epoch: int, fresh: RunState | None = None) -> None:
         _EXECUTION_LEASE.set(Lease(self._owner, epoch))  # this task's context and its step tasks'
         if self._by_ref_over is not None:
             self._kept[run_id] = KeptResults(spec, self._by_ref_over)
         with tracing.start_span(f"Run:{spec.name}", attributes={"serveflow.run_id": run_id}):
             try:
-                run = await self.get(run_id)
+                run = fresh if fresh is not None else await self.get(run_id)
                 if run.status.terminal:
                     return
                 if run.status is RunStatus.PENDING:
@@ -617,9 +625,7 @@ class RunEngine:
         if run.status is not RunStatus.SUCCEEDED and any(s.workflow for s in spec.steps):
             await self._cancel_children(run.run_id)  # a parent that ends early takes its children with it
         run.finished_at = self._clock()
-        lease = self._lease(run.run_id)
-        await self._store.save_run(run, lease)
-        await self._store.release(run.run_id, lease)
+        await self._store.save_run(run, self._lease(run.run_id), release=True)  # ended: the lease goes too
         if run.concurrency_key is not None:
             try:
                 await self._admit(run.concurrency_key)

@@ -66,8 +66,9 @@ class RunStore(Protocol):
         before: float | None = None,
     ) -> list[RunState]:
         """Newest first; ``before`` pages: only runs created before that time."""
-    async def save_run(self, run: RunState, lease: Lease) -> None:
-        """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not ``lease``'s."""
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
+        """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not
+        ``lease``'s. ``release``: in the same write, give the lease up (a run that ended)."""
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         """Persist one step; :class:`LeaseLost` if the run is not ``lease``'s."""
@@ -263,6 +264,12 @@ SAVE_RUN_SQL = (
     " WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
 )
 RELEASE_SQL = "UPDATE runs SET lease_until=0 WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+
+
+def save_run_sql(p: str, release: bool) -> str:
+    """The fenced run update (and, with ``release``, the lease given up in the same statement)."""
+    sql = SAVE_RUN_SQL.format(p=p)
+    return sql.replace(" WHERE ", ", lease_until=0 WHERE ", 1) if release else sql
 STEP_UPDATE_SET = "status={p}, attempts={p}, started_at={p}, finished_at={p}, result_json={p}, error_json={p}, detail_json={p}"
 SAVE_ITEM_SQL = (
     "INSERT INTO map_items (run_id, step, idx, status, attempts, result_json, error_json, finished_at)"
@@ -605,9 +612,9 @@ class SqliteRunStore:
 
     _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
-    async def save_run(self, run: RunState, lease: Lease) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await self._fenced(run.run_id, lease, SAVE_RUN_SQL.format(p="?"), params)
+        await self._fenced(run.run_id, lease, save_run_sql("?", release), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
@@ -896,12 +903,14 @@ class MemoryRunStore:
         if not self._holds(run_id, lease.owner, lease.epoch):
             raise LeaseLost(run_id, lease)
 
-    async def save_run(self, run: RunState, lease: Lease) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
         self._check(run.run_id, lease)
         stored = self._runs[run.run_id]
         self._runs[run.run_id] = stored.model_copy(
             update={k: getattr(run, k) for k in ("status", "output", "error", "started_at", "finished_at")}, deep=True
         )
+        if release:
+            self._meta[run.run_id]["lease"] = 0.0
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         self._check(run_id, lease)

@@ -67,7 +67,6 @@ from serve_app.workflow.store import (
     RELEASE_SQL,
     RUN_COLUMNS,
     SAVE_ITEM_SQL,
-    SAVE_RUN_SQL,
     STEP_COLUMNS,
     STEP_UPDATE_SET,
     TAKEN_SIGNAL_SQL,
@@ -87,6 +86,7 @@ from serve_app.workflow.store import (
     queue_ahead_params,
     run_from_row,
     run_row_values,
+    save_run_sql,
     step_row_values,
     steps_by_run,
 )
@@ -273,9 +273,9 @@ class PostgresRunStore:
     # the write commits: a write and a claim are serialized, never interleaved.
     _HELD = "WITH held AS (SELECT 1 FROM runs WHERE run_id = %s AND owner = %s AND lease_epoch = %s FOR SHARE) "
 
-    async def save_run(self, run: RunState, lease: Lease) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await self._fenced(run.run_id, lease, SAVE_RUN_SQL.format(p="%s"), params)
+        await self._fenced(run.run_id, lease, save_run_sql("%s", release), params)
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         sql = self._HELD + (

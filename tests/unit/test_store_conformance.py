@@ -103,6 +103,11 @@ async def test_fenced_writes_claims_renewals_and_release(kind: str, store_factor
     assert await a.claim_unfinished("a", 10) == []
     await b.release("r", Lease("b", 2))
     assert await a.claim_unfinished("a", 10) == [("r", 3)]  # released: claimable at once
+    # A run update that also releases (how a run that ended is written): one fenced write.
+    with pytest.raises(LeaseLost):
+        await b.save_run(after, Lease("b", 2), release=True)
+    await a.save_run(after.model_copy(update={"status": RunStatus.RUNNING}), Lease("a", 3), release=True)
+    assert await b.claim_unfinished("b", 10) == [("r", 4)]
 
 
 async def test_concurrent_claims_never_overlap(kind: str, store_factory: StoreFactory) -> None:
