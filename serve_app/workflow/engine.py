@@ -769,10 +769,9 @@ class RunEngine:
         async with kept.lock(name):
             if kept.held(name):
                 return None  # another dependant made it meanwhile
-            spec = self._workflows.get(run.workflow)
-            producer = spec.step(name) if spec is not None else None
+            producer = next((s for s in kept.spec.steps if s.name == name), None)
             st = next((s for s in run.steps if s.name == name), None)
-            if producer is None or st is None:
+            if producer is None or st is None:  # cannot happen: the reader's own definition names it
                 return TaskResult.failure(Unavailable(f"the result of step {name!r} is gone and cannot be made again"))
             logger.info("run %s: making the result of step %s again (kept by reference, now gone)", run.run_id, name)
             lease = self._lease(run.run_id)

@@ -31,6 +31,7 @@ class KeptResults:
     """Object references of one run's results, by producing step."""
 
     def __init__(self, spec: WorkflowSpec, threshold: int) -> None:
+        self.spec = spec  # the definition the run is driven by (a producer is made again from it)
         self._threshold = threshold
         self._passable = spec.passable_by_reference()
         # step -> the steps whose results its input reads (ordering alone needs no value)
