@@ -65,6 +65,12 @@ WORKFLOWS = {
              {**STATS, "depends_on": ["pause"]}],
         ),
         spec(
+            "mapped_readers",  # every element of a map reads the kept result whole
+            [MAKE, {"name": "each", "task_type": "blob_stats", "map": {"over": "${input.items}"},
+                    "input": {"data": "${steps.make.result}"}}],
+        ),
+        spec("napping", [MAKE, {"name": "nap", "sleep": 0.3, "depends_on": ["make"]}, {**STATS, "depends_on": ["nap"]}]),
+        spec(
             "json_pair",
             [{"name": "doc", "task_type": "big_json", "input": {"size": "${input.size}"}},
              {"name": "length", "task_type": "text_length", "input": {"doc": "${steps.doc.result}"}}],
@@ -272,3 +278,33 @@ async def test_a_producer_that_cannot_be_made_again_fails_its_reader_with_its_er
     assert stats.status is StepStatus.FAILED and stats.error is not None
     assert stats.error.code == "handler_error" and "made again" in stats.error.message
     assert stats.error.details["step"] == "make" and run.step("make").attempts == 2
+
+
+async def test_every_element_of_a_map_reads_a_kept_result(setup: Any) -> None:
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("mapped_readers", {"size": 2 * MB, "items": list(range(5))})
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    each = run.step("each").result
+    assert len(each) == 5 and all(r["bytes"] == 2 * MB for r in each) and run.step("make").attempts == 1
+
+
+async def test_a_run_that_parks_between_producer_and_reader_makes_the_result_again(setup: Any) -> None:
+    make_engine, _ = setup
+    engine = await make_engine()
+    run, _ = await engine.start("napping", {"size": 1000})
+    for _ in range(300):  # parked on the sleep: nothing of the run is held while it waits
+        if run.run_id not in engine.active_runs and (await engine.get(run.run_id)).step("nap").wake_at:
+            break
+        await asyncio.sleep(0.01)
+    assert run.run_id not in engine._kept
+    for _ in range(300):  # due: claimed again by the lease loop's resume
+        await engine.resume()
+        got = await engine.get(run.run_id)
+        if got.status.terminal:
+            break
+        await asyncio.sleep(0.05)
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("make").attempts == 2 and run.step("stats").result["bytes"] == 1000
