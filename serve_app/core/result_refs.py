@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from serve_app.core.errors import Unavailable
+
 REF_KEY = "$serveflow_ref"
+# The detail naming the step whose kept result a reader could not have: its producer is run again.
+LOST_KEY = "lost_result"
 
 
 def marker(nbytes: int, kind: str, step: str | None = None) -> dict[str, Any]:
-    """The stand-in for a result of ``nbytes`` of ``kind`` ("json", "bytes", "array", "object")."""
+    """The stand-in for a result of ``nbytes`` of ``kind`` ("json", "bytes" or "array")."""
     inner: dict[str, Any] = {"bytes": nbytes, "kind": kind}
     if step is not None:
         inner["step"] = step
@@ -39,6 +43,17 @@ def step_of(value: Any) -> str | None:
     """The producing step named by a marker, or None."""
     inner = marker_of(value)
     step = inner.get("step") if inner is not None else None
+    return step if isinstance(step, str) else None
+
+
+def lost(step: str, why: str) -> Unavailable:
+    """The error of a reader whose input, ``step``'s kept result, is gone."""
+    return Unavailable(f"the result of step {step!r} {why}", details={LOST_KEY: step})
+
+
+def lost_step(details: Mapping[str, Any]) -> str | None:
+    """The step named by :func:`lost`'s error details, or None."""
+    step = details.get(LOST_KEY)
     return step if isinstance(step, str) else None
 
 

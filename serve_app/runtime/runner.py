@@ -157,10 +157,7 @@ class HandlerRunner:
         values = await asyncio.gather(*(self._objects.get(handles[s]) for s in steps), return_exceptions=True)
         for step, value in zip(steps, values, strict=True):
             if isinstance(value, ObjectLost):
-                raise Unavailable(
-                    f"the result of step {step!r} is no longer in Ray's object store (its worker or node is gone)",
-                    details={"lost_result": step},
-                )
+                raise result_refs.lost(step, "is no longer in Ray's object store (its worker or node is gone)")
             if isinstance(value, BaseException):
                 raise value
         return dict(zip(steps, values, strict=True))

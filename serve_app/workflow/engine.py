@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
-from serve_app.core import jsonio
+from serve_app.core import jsonio, result_refs
 from serve_app.core.errors import Conflict, ErrorCode, NotFound, ServeflowError, Unavailable, ValidationFailed
 from serve_app.core.models import ErrorInfo, TaskRequest, TaskResult
 from serve_app.core.retry import Backoff
@@ -849,14 +849,8 @@ class RunEngine:
                 return await self._submit(request)
             gone = kept.missing(step.name, results)
             if gone:  # dropped since the caller looked: never send a marker in place of the value
-                return TaskResult.failure(
-                    Unavailable(f"the result of step {gone[0]!r} is gone", details={"lost_result": gone[0]})
-                )
-            return await self._submit(
-                request,
-                by_ref_over=None if index is not None else kept.by_ref_over(step),
-                refs=kept.inputs(step.name, results),
-            )
+                return TaskResult.failure(result_refs.lost(gone[0], "is gone"))
+            return await self._submit(request, by_ref_over=kept.by_ref_over(step), refs=kept.inputs(step.name, results))
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:
         """Start the step's child run (or find it, after a restart) and wait for its end."""

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from serve_app.core import result_refs
 from serve_app.core.models import TaskResult
-from serve_app.workflow.spec import StepSpec, WorkflowSpec, step_refs
+from serve_app.workflow.spec import StepSpec, WorkflowSpec, result_reads
 
 # Lost upstream results are made again at most this often for one step attempt.
 MAX_REMAKES = 3
@@ -35,9 +35,7 @@ class KeptResults:
         self._threshold = threshold
         self._passable = spec.passable_by_reference()
         # step -> the steps whose results its input reads (ordering alone needs no value)
-        self._reads = {
-            s.name: {r[1] for r in step_refs(s.input) if r[0] == "steps" and len(r) > 1} for s in spec.steps
-        }
+        self._reads = {s.name: {name for name, _ in result_reads(s.input)} for s in spec.steps}
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -78,7 +76,4 @@ class KeptResults:
 
 def lost_result(res: TaskResult) -> str | None:
     """The upstream step whose kept result a worker could not read, or None."""
-    if res.error is None:
-        return None
-    lost = res.error.details.get("lost_result")
-    return lost if isinstance(lost, str) else None
+    return None if res.error is None else result_refs.lost_step(res.error.details)

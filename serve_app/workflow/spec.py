@@ -266,11 +266,7 @@ class WorkflowSpec(_Strict):
         """step -> every step it waits for (explicit depends_on, references, and what its condition reads)."""
         return {
             s.name: set(s.depends_on)
-            | {
-                ref[1]
-                for ref in step_refs([s.input, s.map.over if s.map else None, s.sleep, s.sleep_until])
-                if ref[0] == "steps" and len(ref) > 1
-            }
+            | {name for name, _ in result_reads([s.input, s.map.over if s.map else None, s.sleep, s.sleep_until])}
             | (_condition_steps(s))
             for s in self.steps
         }
@@ -282,16 +278,10 @@ class WorkflowSpec(_Strict):
         needed: set[str] = set()
         for s in self.steps:
             needed |= _condition_steps(s)
-            for template, passes in ((s.input, s.task_type is not None), (s.map.over if s.map else None, False)):
-                for ref in step_refs(template):
-                    if ref[0] == "steps" and len(ref) > 1 and not (passes and ref[2:] == ["result"]):
-                        needed.add(ref[1])
-            for ref in step_refs([s.sleep, s.sleep_until]):
-                if ref[0] == "steps" and len(ref) > 1:
-                    needed.add(ref[1])
-        for ref in step_refs(self.output):
-            if ref[0] == "steps" and len(ref) > 1 and ref[2:] != ["result"]:
-                needed.add(ref[1])
+            passes_whole = s.task_type is not None
+            needed |= {name for name, path in result_reads(s.input) if not (passes_whole and path == ["result"])}
+            needed |= {name for name, _ in result_reads([s.map.over if s.map else None, s.sleep, s.sleep_until])}
+        needed |= {name for name, path in result_reads(self.output) if path != ["result"]}
         return {s.name for s in self.steps if s.task_type is not None and s.map is None and s.name not in needed}
 
     def final_steps(self) -> list[str]:
@@ -331,6 +321,11 @@ def _walk(value: Any) -> Iterator[Any]:
 
 def step_refs(template: Any) -> list[list[str]]:
     return [ref for ref in (parse_ref(v) for v in _walk(template)) if ref is not None]
+
+
+def result_reads(template: Any) -> list[tuple[str, list[str]]]:
+    """``(step, path after the step's name)`` of every ``${steps.<name>...}`` reference in ``template``."""
+    return [(ref[1], ref[2:]) for ref in step_refs(template) if ref[0] == "steps" and len(ref) > 1]
 
 
 class MissingValue(LookupError):
