@@ -12,9 +12,24 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from typing import Any, Union
+from typing import Any, Callable, TypeVar, Union
 
 Outcome = Union[int, BaseException]  # a statement's rowcount, or why it failed
+T = TypeVar("T")
+
+
+def transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(db)`` in one ``BEGIN IMMEDIATE`` transaction: committed when it returns, rolled back
+    when it (or the commit) raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
 
 
 class GroupCommit:
@@ -66,19 +81,17 @@ class GroupCommit:
                 self.batches += 1
                 self.writes += 1
                 return [self._db.execute(*statements[0]).rowcount]
-            self._db.execute("BEGIN IMMEDIATE")
-            outcomes: list[Outcome] = []
-            try:
+
+            def each(db: sqlite3.Connection) -> list[Outcome]:
+                outcomes: list[Outcome] = []
                 for sql, params in statements:
                     try:
-                        outcomes.append(self._db.execute(sql, params).rowcount)
+                        outcomes.append(db.execute(sql, params).rowcount)
                     except sqlite3.Error as exc:  # that statement is undone; the others stand
                         outcomes.append(exc)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+                return outcomes
+
+            outcomes = transaction(self._db, each)
             self.batches += 1
             self.writes += len(statements)
             return outcomes

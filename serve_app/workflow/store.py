@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
-from serve_app.workflow.group_commit import GroupCommit
+from serve_app.workflow.group_commit import GroupCommit, transaction
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -259,17 +259,9 @@ RUN_COLUMNS = (
 )
 STEP_COLUMNS = "name, task_type, status, attempts, started_at, finished_at, result_json, error_json, detail_json"
 # Fenced run updates, the same SQL on every backend but for the placeholder ({p}: ? or %s).
-SAVE_RUN_SQL = (
-    "UPDATE runs SET status={p}, output_json={p}, error_json={p}, started_at={p}, finished_at={p}"
-    " WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
-)
-RELEASE_SQL = "UPDATE runs SET lease_until=0 WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
-
-
-def save_run_sql(p: str, release: bool) -> str:
-    """The fenced run update (and, with ``release``, the lease given up in the same statement)."""
-    sql = SAVE_RUN_SQL.format(p=p)
-    return sql.replace(" WHERE ", ", lease_until=0 WHERE ", 1) if release else sql
+RUN_FENCE = " WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+SAVE_RUN_SET = "status={p}, output_json={p}, error_json={p}, started_at={p}, finished_at={p}"
+RELEASE_SQL = "UPDATE runs SET lease_until=0" + RUN_FENCE
 STEP_UPDATE_SET = "status={p}, attempts={p}, started_at={p}, finished_at={p}, result_json={p}, error_json={p}, detail_json={p}"
 SAVE_ITEM_SQL = (
     "INSERT INTO map_items (run_id, step, idx, status, attempts, result_json, error_json, finished_at)"
@@ -290,6 +282,13 @@ QUEUE_AHEAD_SQL = (
     "SELECT COUNT(*) FROM runs WHERE concurrency_key={p} AND status='queued' AND (priority > {p} OR (priority = {p}"
     " AND (created_at < {p} OR (created_at = {p} AND run_id < {p}))))"
 )
+
+
+def save_run_sql(p: str, release: bool) -> str:
+    """The fenced run update (and, with ``release``, the lease given up in the same statement)."""
+    return ("UPDATE runs SET " + SAVE_RUN_SET + (", lease_until=0" if release else "") + RUN_FENCE).format(p=p)
+
+
 def park_sql(p: str, signals: int) -> str:
     """Park a run; it wakes at once if a signal it waits for came meanwhile. A signal is stored
     (committed) before its run is woken, so either this statement sees it or the wake sees the park."""
@@ -297,9 +296,8 @@ def park_sql(p: str, signals: int) -> str:
     return (
         "UPDATE runs SET lease_until=0, wake_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE signals.run_id = runs.run_id"
         f" AND signals.consumed_by IS NULL AND {names}) THEN 0 ELSE {p} END"
-        f" WHERE run_id={p} AND owner={p} AND lease_epoch={p}"
+        + RUN_FENCE.format(p=p)
     )
-
 
 
 WAKE_SQL = "UPDATE runs SET wake_at=0 WHERE run_id={p} AND wake_at IS NOT NULL"
@@ -499,14 +497,7 @@ class SqliteRunStore:
         return await asyncio.to_thread(locked)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(self._db)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        return out
+        return transaction(self._db, fn)
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
         def op(db: sqlite3.Connection) -> tuple[str, bool]:
