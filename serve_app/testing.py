@@ -18,8 +18,8 @@ from serve_app.runtime.runner import HandlerRunner, ObjectLost
 
 
 class LocalObjects:
-    """An in-process stand-in for Ray's object store (results kept by reference); ``drop`` and
-    ``clear`` lose objects the way a dead worker or node does."""
+    """An in-process stand-in for Ray's object store (results kept by reference); ``clear`` loses
+    every object the way a dead worker or node does."""
 
     def __init__(self) -> None:
         self.values: dict[int, Any] = {}

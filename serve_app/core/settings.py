@@ -12,9 +12,9 @@ from typing import Mapping
 SERVE_PROFILES: dict[str, dict[str, str]] = {
     # Serve's throughput mode (gRPC between the proxy and replicas and between replicas, user code
     # on the replica's event loop, buffered access logs, GC frozen after start-up) but through
-    # Serve's proxy. Its direct ingress drains an ingress replica for 30 s, `serve.shutdown()`
-    # returns before the controller exits (a `serve.start()` then dies with it), and under
-    # HAProxy the two-node app never became reachable: BENCHMARKS.md, "Ingress modes".
+    # Serve's proxy. Its direct ingress drains an ingress replica for 30 s and `serve.shutdown()`
+    # returns before the controller exits (a `serve.start()` then dies with it); HAProxy also
+    # keeps host-wide fixed config, socket and ports: BENCHMARKS.md, "Ingress modes".
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
     # The above plus HAProxy in front of the ingress replicas (bundled binary, HAProxy 2.8).
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
