@@ -308,14 +308,17 @@ def main() -> None:
         results["startup"] = bench_startup(1 if args.quick else 2)
         print(json.dumps(results["startup"]), flush=True)
 
-    from ray import serve
-
-    from bench.baseline import build_baseline
-    from graphs.serveflow import build_app
     from serve_app.core.connect import connect, disconnect
 
     http_port, grpc_port = free_port(), free_port()
     connect(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # Serve after connect(): handles take their transport from the environment of the process
+    # that imports Serve first, and the hand-written baseline must use the cluster's, as
+    # `serve run` would give it (serveflow's replicas remake their handles; the baseline's do not).
+    from ray import serve
+
+    from bench.baseline import build_baseline
+    from graphs.serveflow import build_app
     serve.start(
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]},

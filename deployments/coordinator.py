@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.ray_calls import await_response, replica_identity
+from deployments.ray_calls import await_response, local_handle, replica_identity
 from deployments.serve_metrics import ServeMetricsObserver
 from serve_app.runtime import tracing
 from serve_app.ingress.auth import BearerAuth
@@ -61,8 +61,8 @@ class Coordinator:
     ) -> None:
         tracing.configure(trace_exporter)
         self._config = AppConfig.from_args(config)
-        self._manager = manager
-        self._pools = dict(pools)
+        self._manager = await local_handle(manager)
+        self._pools = {name: await local_handle(handle) for name, handle in pools.items()}
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()

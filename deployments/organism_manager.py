@@ -10,7 +10,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.ray_calls import await_response, serve_deployment_states
+from deployments.ray_calls import await_response, local_handle, serve_deployment_states
 from serve_app.runtime.config import AppConfig, pool_deployment_name
 from serve_app.core.errors import error_text
 from serve_app.runtime.health import ChangeFeed, ComponentTracker, rollup
@@ -31,8 +31,8 @@ class OrganismManager:
 
     async def __init__(self, config: dict[str, Any], pools: dict[str, DeploymentHandle], metrics: DeploymentHandle) -> None:
         self._config = AppConfig.from_args(config)
-        self._pools = dict(pools)
-        self._metrics = metrics
+        self._pools = {name: await local_handle(handle) for name, handle in pools.items()}
+        self._metrics = await local_handle(metrics)
         self._trackers = {name: ComponentTracker(name) for name in self._pools}
         self._trackers[METRICS] = ComponentTracker(METRICS)
         # Readiness, long-polled by Coordinators; republished by the loops that change the trackers.

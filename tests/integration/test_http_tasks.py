@@ -151,3 +151,36 @@ def test_session_cluster_runs_the_default_serve_profile(serve_instance: dict[str
 
     replica = next(iter(replica_actors("Coordinator").values()))
     assert ray.get(replica.__ray_call__.remote(switches), timeout=30) == (True, False)
+
+
+def test_replicas_call_downstream_over_the_clusters_transport(serve_instance: dict[str, Any], http: httpx.Client) -> None:
+    """This test process imported Serve before connect() set the profile, so the handles it bound
+    into the graph use actor calls; the Coordinator and the OrganismManager remake theirs, which
+    then use the cluster's transport (gRPC in the default profile)."""
+    import ray.serve
+
+    def transports(_self: Any) -> dict[str, bool]:
+        import gc
+
+        from ray.serve.handle import DeploymentHandle
+
+        frozen = gc.get_freeze_count() > 0  # Serve's throughput mode freezes the start-up objects
+        gc.unfreeze()
+        try:
+            return {
+                o.deployment_name: o.handle_options._by_reference
+                for o in gc.get_objects()
+                if isinstance(o, DeploymentHandle) and o.is_initialized
+            }
+        finally:
+            if frozen:
+                gc.freeze()
+
+    assert ray.serve.handle.DeploymentHandle("x", "y").handle_options._by_reference  # the premise
+    assert _post(http, {"task_type": "echo", "payload": {"message": "over gRPC"}}).json()["success"]
+    for deployment, targets in (("Coordinator", {"OrganismManager", "HandlerWorker_general"}),
+                                ("OrganismManager", {"MetricsCollector", "HandlerWorker_general"})):
+        replica = next(iter(replica_actors(deployment).values()))
+        used = ray.get(replica.__ray_call__.remote(transports), timeout=30)
+        assert targets <= set(used), used
+        assert not any(used[t] for t in targets), f"{deployment} calls by actor call: {used}"
