@@ -381,6 +381,7 @@ class RunEngine:
         running: dict[asyncio.Task[StepState], str] = {}
         waiting: dict[str, float | None] = {}  # steps waiting for time or a signal -> their deadline
         cancel_event, poke = self._cancel[run.run_id], self._poke[run.run_id]
+        unwritten = _Unwritten(self._store, run.run_id)
         fatal: StepState | None = None
         cancelled = False
         changes = scheduler.start()
@@ -402,6 +403,7 @@ class RunEngine:
                 if cancel_event.is_set() or await self._remote_cancel(run.run_id):
                     cancelled = True
                     break
+                carried = False  # a step started now writes the unwritten with its write-ahead
                 if fatal is None:
                     ready, skipped = changes.ready, changes.skipped
                     changes = Changes()
@@ -416,8 +418,10 @@ class RunEngine:
                                 waiting[name] = deadline
                             continue
                         # A step recorded as running was in flight when a previous owner stopped: it runs again.
+                        carry = unwritten if _plain_task(steps[name]) else None
+                        carried = carried or carry is not None
                         task = asyncio.get_running_loop().create_task(
-                            self._run_step(run, spec, steps[name], states[name], results)
+                            self._run_step(run, spec, steps[name], states[name], results, carry)
                         )
                         running[task] = name
                     if waiting:
@@ -433,9 +437,12 @@ class RunEngine:
                         continue  # start what the waits just released
                 if not running:
                     if waiting and fatal is None:
+                        await unwritten.write(self._lease(run.run_id))
                         await self._park(run, steps, waiting)
                         return  # parked: claimed again when it is due or a signal comes
                     break
+                if unwritten and not carried:
+                    await unwritten.write(self._lease(run.run_id))
                 waiters = [asyncio.ensure_future(cancel_event.wait()), asyncio.ensure_future(poke.wait())]
                 # The timeout bounds how late a cancel made through another replica (or a signal
                 # delivered to it) is seen, and wakes a sleep that ends while other steps run.
@@ -454,6 +461,8 @@ class RunEngine:
                         await self._end_interrupted(run.run_id, states[name], results)
                         continue
                     ended(task.result())  # type: ignore[arg-type]
+                    if _plain_task(steps[name]):
+                        unwritten.add(states[name])
                 if fatal is not None and running:
                     for task in running:
                         task.cancel()
@@ -465,6 +474,7 @@ class RunEngine:
                 await asyncio.gather(*running, return_exceptions=True)
         for name in running.values():
             await self._end_interrupted(run.run_id, states[name], results)
+        await unwritten.write(self._lease(run.run_id))  # before the run's end (which releases the lease)
         await self._finish(run, spec, states, results, fatal, cancelled)
 
     # ------------------------------------------------------------------ waits: sleep, sleep_until, wait_for
@@ -640,9 +650,17 @@ class RunEngine:
     # ------------------------------------------------------------------ steps
 
     async def _run_step(
-        self, run: RunState, spec: WorkflowSpec, step: StepSpec, st: StepState, results: dict[str, Any]
+        self,
+        run: RunState,
+        spec: WorkflowSpec,
+        step: StepSpec,
+        st: StepState,
+        results: dict[str, Any],
+        carry: _Unwritten | None = None,
     ) -> StepState:
-        # ``st`` is the run's own step record: attempts survive a cancellation.
+        """Run one step. ``st`` is the run's own step record: attempts survive a cancellation.
+        With ``carry`` (a plain task step) the unwritten ends of earlier steps go with this
+        step's write-ahead, and this step's own end is left for the caller to write."""
         with tracing.start_span(f"Step:{spec.name}.{step.name}", attributes={"serveflow.run_id": run.run_id}):
             lease = self._lease(run.run_id)
             if not await self._condition_holds(run, step, st, results, lease):
@@ -655,12 +673,13 @@ class RunEngine:
                 if step.workflow is not None:
                     st.child_run_id = child_run_id(run.run_id, step.name)
                 res, st.attempts = await self._attempts(
-                    run, step, results, None, st.attempts, self._write_ahead(run.run_id, st, lease)
+                    run, step, results, None, st.attempts, self._write_ahead(run.run_id, st, lease, carry)
                 )
                 st.status = StepStatus.SUCCEEDED if res.success else StepStatus.FAILED
                 st.result, st.error = (res.result, None) if res.success else (None, res.error)
             st.finished_at = self._clock()
-            await self._store.save_step(run.run_id, st, lease)
+            if carry is None:
+                await self._store.save_step(run.run_id, st, lease)
             return st
 
     async def _run_map(self, run: RunState, step: StepSpec, st: StepState, results: dict[str, Any], lease: Lease) -> None:
@@ -728,10 +747,15 @@ class RunEngine:
             return
         st.status, st.result = StepStatus.SUCCEEDED, gathered
 
-    def _write_ahead(self, run_id: str, st: StepState, lease: Lease) -> Callable[[int], Awaitable[None]]:
+    def _write_ahead(
+        self, run_id: str, st: StepState, lease: Lease, carry: _Unwritten | None = None
+    ) -> Callable[[int], Awaitable[None]]:
         async def write_ahead(attempt: int) -> None:
             st.attempts = attempt
-            await self._store.save_step(run_id, st, lease)  # the attempt is on record
+            if carry is None:
+                await self._store.save_step(run_id, st, lease)  # the attempt is on record
+            else:
+                await carry.write(lease, st)  # with the ends of earlier steps not yet written
 
         return write_ahead
 
@@ -937,6 +961,11 @@ class RunEngine:
         )
 
 
+def _plain_task(step: StepSpec) -> bool:
+    """A step that is one task: no condition, map, child run or wait (those write as they go)."""
+    return step.when is None and step.map is None and step.workflow is None and not step.waits
+
+
 def _because(err: ErrorInfo | None, what: str, cause: str, *, missing: str = "unknown error", **details: Any) -> ErrorInfo:
     """``what`` failed because of ``err`` (a step's, an element's or a child run's error): its code
     and retryability, the message prefixed, the inner error kept whole under ``details[cause]``."""
@@ -957,6 +986,40 @@ def _invalid(step: StepSpec, what: str, exc: MissingValue, **details: Any) -> Er
         retryable=False,
         details={"step": step.name, **details},
     )
+
+
+class _Unwritten:
+    """Final states of task steps that ended and are not on record yet.
+
+    The next task step to start writes them beside its own write-ahead
+    (:meth:`RunStore.save_steps`: one commit on SQLite), so in a chain a step
+    costs one store round trip instead of two; the drive writes what is left before it
+    waits with nothing started, parks or finishes. Until then a crash makes such a step
+    run again, as it would a step in flight (at-least-once). Writing a state twice is
+    harmless: it is the same record."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self._store, self._run_id = store, run_id
+        self._states: list[StepState] = []
+
+    def add(self, st: StepState) -> None:
+        self._states.append(st)
+
+    def __bool__(self) -> bool:
+        return bool(self._states)
+
+    async def write(self, lease: Lease, *beside: StepState) -> None:
+        """Write them (and ``beside``) now; any not known to be written stays for the next write."""
+        taken, self._states = self._states, []
+        states = (*beside, *taken)
+        try:
+            if len(states) == 1:
+                await self._store.save_step(self._run_id, states[0], lease)
+            elif states:
+                await self._store.save_steps(self._run_id, states, lease)
+        except BaseException:
+            self._states = taken + self._states
+            raise
 
 
 class _ItemWriter:

@@ -44,13 +44,25 @@ class GroupCommit:
 
     async def execute(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one write statement; returns its rowcount once it is committed."""
+        return (await self.execute_many([(sql, params)]))[0]
+
+    async def execute_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Run these write statements, queued together (so in one batch, unless it is full);
+        returns their rowcounts once all are committed."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        self._pending.append((sql, params, future))
+        futures: list[asyncio.Future[int]] = []
+        for sql, params in statements:
+            futures.append(loop.create_future())
+            self._pending.append((sql, params, futures[-1]))
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush())
-        return await future
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:  # nobody will read the others' outcomes
+                future.cancel()
+            raise
 
     async def _flush(self) -> None:
         try:

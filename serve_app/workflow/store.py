@@ -73,6 +73,10 @@ class RunStore(Protocol):
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         """Persist one step; :class:`LeaseLost` if the run is not ``lease``'s."""
 
+    async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
+        """Persist several steps of one run, in one commit where the store can; :class:`LeaseLost`
+        if the run is not ``lease``'s."""
+
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         """Lease unfinished runs whose lease expired to ``owner``, each at a new epoch; returns
         ``(run_id, epoch)`` pairs. Never re-claims a run ``owner`` released or still holds."""
@@ -607,10 +611,20 @@ class SqliteRunStore:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
         await self._fenced(run.run_id, lease, save_run_sql("?", release), params)
 
+    _SAVE_STEP = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({_HELD})"
+
+    @staticmethod
+    def _step_params(run_id: str, step: StepState, lease: Lease) -> tuple[Any, ...]:
+        return (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
+
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
-        sql = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({self._HELD})"
-        params = (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
-        await self._fenced(run_id, lease, sql, params)
+        await self._fenced(run_id, lease, self._SAVE_STEP, self._step_params(run_id, step, lease))
+
+    async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
+        # Queued together, so they join one group commit.
+        counts = await self._writes.execute_many([(self._SAVE_STEP, self._step_params(run_id, st, lease)) for st in steps])
+        if 0 in counts:
+            raise LeaseLost(run_id, lease)
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -908,6 +922,10 @@ class MemoryRunStore:
         run = self._runs[run_id]
         position = self._meta[run_id]["positions"][step.name]  # O(1): a run may have 1,000 steps
         run.steps[position] = step.model_copy(deep=True)
+
+    async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
+        for step in steps:
+            await self.save_step(run_id, step, lease)
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         now = self._clock()

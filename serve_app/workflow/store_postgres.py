@@ -16,6 +16,7 @@ engine's runs pause and are claimed again once it is back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -283,6 +284,10 @@ class PostgresRunStore:
         )
         params = (run_id, lease.owner, lease.epoch, *step_row_values(step), run_id, step.name)
         await self._fenced(run_id, lease, sql, params)
+
+    async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
+        # Different rows, each write fenced on its own: sent side by side on pooled connections.
+        await asyncio.gather(*(self.save_step(run_id, step, lease) for step in steps))
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:

@@ -40,6 +40,12 @@ async def test_a_lone_write_is_committed_at_once(tmp_path: Path) -> None:
     assert (writes.batches, writes.writes) == (2, 2)
 
 
+async def test_statements_queued_together_share_one_commit(tmp_path: Path) -> None:
+    writes = GroupCommit(_db(tmp_path / "m.sqlite3"), threading.Lock())
+    assert await writes.execute_many([("UPDATE t SET v='x' WHERE k=?", (1,)), ("UPDATE t SET v='y' WHERE k=?", (999,))]) == [1, 0]
+    assert (writes.batches, writes.writes) == (1, 2)
+
+
 async def test_a_failing_statement_fails_only_its_caller(tmp_path: Path) -> None:
     db = _db(tmp_path / "c.sqlite3")
     writes = GroupCommit(db, threading.Lock())

@@ -110,6 +110,27 @@ async def test_fenced_writes_claims_renewals_and_release(kind: str, store_factor
     assert await b.claim_unfinished("b", 10) == [("r", 4)]
 
 
+async def test_several_steps_in_one_fenced_write(kind: str, store_factory: StoreFactory) -> None:
+    """How a chain writes: the step that ended and the next one's write-ahead, together."""
+    clock = Clock()
+    a, b = await store_factory(kind, clock=clock), await store_factory(kind, clock=clock)
+    await a.create_run(new_run("r"), SPEC, "h", "a", 10)
+    lease_a = Lease("a", 1)
+    done = StepState(name="a", task_type="echo", status=StepStatus.SUCCEEDED, result={"v": 1}, attempts=1)
+    started = StepState(name="b", task_type="echo", status=StepStatus.RUNNING, attempts=1)
+    await a.save_steps("r", [started, done], lease_a)
+    run = await b.get_run("r")
+    assert run is not None
+    assert run.step("a").status is StepStatus.SUCCEEDED and run.step("a").result == {"v": 1}
+    assert run.step("b").status is StepStatus.RUNNING and run.step("b").attempts == 1
+    clock.now += 11
+    assert await b.claim_unfinished("b", 10) == [("r", 2)]
+    with pytest.raises(LeaseLost):  # fenced out: nothing of it is written
+        await a.save_steps("r", [done.model_copy(update={"result": {"v": 2}}), started], lease_a)
+    run = await b.get_run("r")
+    assert run is not None and run.step("a").result == {"v": 1}
+
+
 async def test_concurrent_claims_never_overlap(kind: str, store_factory: StoreFactory) -> None:
     clock = Clock()
     handles = [await store_factory(kind, clock=clock) for _ in range(3)]
