@@ -23,12 +23,18 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
 from serve_app.core.errors import ServeflowError
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+# Spans are recorded only when something reads them (an exporter, or a test's processor).
+# Otherwise a span is its ids alone: the trace id for envelopes and logs, and the context
+# carried to the worker, at a fraction of a recorded span's cost.
+_recording = False
+_ids = RandomIdGenerator()
 
 
 class JsonLinesExporter(SpanExporter):
@@ -106,17 +112,19 @@ def configure(exporter: str = "none", *, extra_processor: SpanProcessor | None =
     (needs ``opentelemetry-exporter-otlp``; endpoint from the standard
     ``OTEL_EXPORTER_OTLP_*`` variables) or ``file:/path`` (JSON lines).
     """
-    global _provider
+    global _provider, _recording
     with _lock:
         if _provider is None:
             _provider = TracerProvider()
             processor = _processor_for(exporter)
             if processor is not None:
                 _provider.add_span_processor(processor)
+                _recording = True
             trace.set_tracer_provider(_provider)
             _install_log_trace_ids()
         if extra_processor is not None:
             _provider.add_span_processor(extra_processor)
+            _recording = True
         return _provider
 
 
@@ -144,6 +152,12 @@ def start_span(
     Exceptions are recorded on the span and re-raised.
     """
     ctx = propagate.extract(dict(carrier)) if carrier else None
+    if not _recording:
+        _tracer()  # the first span configures a process nobody configured (ids only)
+    if not _recording:
+        with trace.use_span(_unrecorded_child(ctx), end_on_exit=False) as span:
+            yield span
+        return
     with _tracer().start_as_current_span(
         name, context=ctx, attributes=dict(attributes or {}), record_exception=False, set_status_on_exception=False
     ) as span:
@@ -152,6 +166,17 @@ def start_span(
         except BaseException as exc:
             record_error(span, exc)
             raise
+
+
+def _unrecorded_child(ctx: Any) -> Span:
+    """A span that is only ids: a child of ``ctx`` (or of the current span), or a new trace."""
+    parent = trace.get_current_span(ctx).get_span_context()
+    if parent.is_valid:
+        trace_id, state = parent.trace_id, parent.trace_state
+    else:
+        trace_id, state = _ids.generate_trace_id(), None
+    flags = TraceFlags(TraceFlags.SAMPLED)  # as the SDK's default sampler marks it: a recording worker records
+    return NonRecordingSpan(SpanContext(trace_id, _ids.generate_span_id(), is_remote=False, trace_flags=flags, trace_state=state))
 
 
 def record_error(span: Span, exc: BaseException) -> None:

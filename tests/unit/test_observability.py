@@ -191,3 +191,23 @@ def test_cli_unreachable_is_exit_2() -> None:
     out = io.StringIO()
     code = cli.run(["--url", "http://127.0.0.1:1", "--timeout", "2", "status"], out=out)
     assert code == 2 and "unreachable" in out.getvalue()
+
+
+def test_with_nothing_to_export_spans_are_ids_only(monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter) -> None:
+    """Exporter none: the trace id continues the caller's, each span has its own id, the context
+    reaches the worker, errors still propagate, and nothing is recorded."""
+    monkeypatch.setattr(tracing, "_recording", False)
+    with tracing.start_span("outer", carrier={"traceparent": TRACEPARENT}) as outer:
+        assert tracing.trace_id_hex() == TRACE_ID and not outer.is_recording()
+        carried = tracing.inject()
+        assert carried["traceparent"].startswith(f"00-{TRACE_ID}-") and PARENT_ID not in carried["traceparent"]
+        with tracing.start_span("inner", carrier=carried) as inner:
+            assert inner.get_span_context().trace_id == int(TRACE_ID, 16)
+            assert inner.get_span_context().span_id != outer.get_span_context().span_id
+    with tracing.start_span("root") as root:
+        assert root.get_span_context().is_valid and tracing.trace_id_hex(root) != TRACE_ID
+    with pytest.raises(ValueError), tracing.start_span("failing"):
+        raise ValueError("propagates")
+    assert tracing.trace_id_hex() is None  # nothing left current
+    assert spans.get_finished_spans() == ()
+
