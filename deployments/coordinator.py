@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.ray_calls import await_response, local_handle, replica_identity
+from deployments.ray_calls import await_response, by_reference, local_handle, replica_identity
 from deployments.serve_metrics import ServeMetricsObserver
 from serve_app.runtime import tracing
 from serve_app.ingress.auth import BearerAuth
@@ -63,6 +63,10 @@ class Coordinator:
         self._config = AppConfig.from_args(config)
         self._manager = await local_handle(manager)
         self._pools = {name: await local_handle(handle) for name, handle in pools.items()}
+        # A call that carries ObjectRefs (results kept by reference) goes as a Ray actor call,
+        # where Ray counts the references in-band; over Serve's gRPC transport they would be
+        # pickled out of band, which pins each object for the life of its worker (a leak).
+        self._pools_by_ref = {name: by_reference(handle) for name, handle in self._pools.items()}
         self._since = time.time()
         self._identity = replica_identity()
         self._readiness = ReadinessBoard()
@@ -193,7 +197,9 @@ class Coordinator:
         body = item.model_dump(mode="json")
         if item.refs:
             body["refs"] = item.refs  # object references travel as themselves, not as JSON
-        raw = await await_response(self._pools[pool].run.remote(body), target=pool_deployment_name(pool))
+        refs = item.refs or item.by_ref_over is not None  # refs go in, or one may come back
+        handle = (self._pools_by_ref if refs else self._pools)[pool]
+        raw = await await_response(handle.run.remote(body), target=pool_deployment_name(pool))
         object_ref = raw.pop("object_ref", None)
         result = TaskResult.model_validate(raw)
         result._object_ref = object_ref

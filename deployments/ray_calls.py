@@ -53,6 +53,13 @@ async def local_handle(handle: DeploymentHandle) -> DeploymentHandle:
     return await asyncio.to_thread(serve.get_deployment_handle, handle.deployment_name, handle.app_name)
 
 
+def by_reference(handle: DeploymentHandle) -> DeploymentHandle:
+    """The handle as Ray actor calls, whatever the cluster's transport: the one on which
+    ObjectRefs in requests and answers are reference-counted (Serve's gRPC transport pickles
+    them out of band, and Ray then pins each object for the life of the process)."""
+    return handle.options(_by_reference=True)
+
+
 async def await_response(response: DeploymentResponse, *, target: str, timeout_s: float | None = None) -> Any:
     """Await a handle call; cancelling the caller cancels the downstream request.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any, Callable, Iterator
@@ -251,6 +252,9 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     from graphs.serveflow import build_app
 
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    # An ObjectRef pickled out of band (outside Ray's own serialization, e.g. by Serve's gRPC
+    # transport) is pinned for the life of its process: a leak. Here it is an error instead.
+    os.environ["RAY_allow_out_of_band_object_ref_serialization"] = "0"
     # Logical CPUs: replicas ask for fractions; this is a scheduling budget, not real cores.
     connect(
         address="local",
