@@ -10,7 +10,7 @@ from deployments.coordinator import Coordinator
 from deployments.handler_worker import HandlerWorker
 from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
-from serve_app.runtime.config import AppConfig, pool_deployment_name
+from serve_app.runtime.config import COORDINATOR_ENV, AppConfig, pool_deployment_name, with_env
 from serve_app.core.settings import Settings
 from serve_app.workflow.loader import load_schedules, load_subscriptions, load_workflows
 
@@ -47,6 +47,6 @@ def build_app(args: dict[str, Any]) -> Application:
     load_schedules(config.workflows, workflows)  # bad cron, zone, workflow or input: the deploy fails, named
     load_subscriptions(config.workflows, workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
-    return Coordinator.options(**config.coordinator.deployment_options()).bind(
+    return Coordinator.options(**with_env(config.coordinator.deployment_options(), COORDINATOR_ENV)).bind(
         raw, manager, pools, specs, exporter, auth_token, database_url
     )

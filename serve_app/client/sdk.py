@@ -36,6 +36,11 @@ E = TypeVar("E", TaskResult, RunResult, ScheduleResult, EventResult)
 DEFAULT_RETRY_CODES = frozenset({ErrorCode.NOT_READY.value, ErrorCode.OVERLOADED.value, ErrorCode.UNAVAILABLE.value})
 
 
+# An answer is taken whatever its size: the server did the work, and gRPC's default 4 MiB
+# limit would turn a large result into a failure after the task ran.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How the client retries: which envelope codes, how often, how long between."""
@@ -150,7 +155,7 @@ class ServeflowClient(_Base):
 
     def __init__(self, target: str = "127.0.0.1:9000", *, sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
         super().__init__(target, **options)
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.TaskServiceStub(self._channel)
         self._sleep = sleep
 
@@ -291,7 +296,7 @@ class AsyncServeflowClient(_Base):
 
     def __init__(self, target: str = "127.0.0.1:9000", **options: Any) -> None:
         super().__init__(target, **options)
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.TaskServiceStub(self._channel)
 
     async def submit(

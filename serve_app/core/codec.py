@@ -118,6 +118,8 @@ def transport_failure(status: grpc.StatusCode | None, details: str | None) -> Er
     code = code_from_grpc(status)
     text = (details or "").strip()
     message = text.splitlines()[0][:500] if text else f"gRPC call failed: {code.value}"
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text:
+        code = ErrorCode.PAYLOAD_TOO_LARGE  # a message over a size limit: sending it again cannot help
     return ErrorInfo(
         code=code.value,
         message=message,

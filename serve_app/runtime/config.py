@@ -7,7 +7,7 @@ a message naming the field, instead of failing later inside a replica.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,6 +40,23 @@ class AutoscalingConfig(_Strict):
         if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
             raise ValueError("initial_replicas must be between min_replicas and max_replicas")
         return self
+
+
+# Serve's gRPC transport between replicas refuses, on the caller's side, an answer larger than
+# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB unless set; read when the caller's process
+# imports Serve). Every answer a worker may send over actor calls must get through over gRPC too,
+# so the Coordinator's processes take the largest gRPC message (what Serve's own servers allow).
+COORDINATOR_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
+
+
+def with_env(options: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Deployment ``options`` whose replicas start with ``env`` in their environment (through
+    ``runtime_env.env_vars``); values the user set there win."""
+    actor = dict(options.get("ray_actor_options", {}))
+    runtime_env = dict(actor.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    actor["runtime_env"] = runtime_env
+    return {**options, "ray_actor_options": actor}
 
 
 class ReplicaOptions(_Strict):

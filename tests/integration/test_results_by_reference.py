@@ -44,6 +44,19 @@ def test_a_large_result_goes_by_reference_over_http_and_grpc(serve_instance: dic
         assert {s["name"]: s for s in run.run["steps"]}["stats"]["result"]["bytes"] == 3 * MB
 
 
+def test_a_task_answer_over_4_mib_gets_through_over_http_and_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
+    """An inline answer larger than gRPC's default message limit: between the worker and the
+    Coordinator (Serve's gRPC transport in this profile) and back to a gRPC client."""
+    size = 6 * MB
+    body = http.post("/v1/tasks", json={"task_type": "make_blob", "payload": {"size": size, "text": True}}).json()
+    assert body["success"], body["error"]
+    assert body["result"] == "x" * size
+    with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
+        result = client.submit("make_blob", {"size": size, "text": True})
+    assert result.success, result.error
+    assert result.result == "x" * size
+
+
 @pytest.mark.faults
 def test_a_result_lost_with_its_worker_is_made_again(http: httpx.Client) -> None:
     run_id = http.post("/v1/workflows/big_result/runs", json={"input": {"size": 5 * MB, "pause": 4}}).json()["run_id"]

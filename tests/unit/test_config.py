@@ -110,3 +110,18 @@ def test_several_coordinators_need_postgres() -> None:
         AppConfig.from_args({"pools": pools, "workflows": {"store": "postgres"}, "coordinator": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}})
     ok = AppConfig.from_args({"pools": pools, "workflows": {"store": "postgres"}, "coordinator": {"num_replicas": 2, "num_cpus": 0.2}})
     assert ok.coordinator.deployment_options() == {"ray_actor_options": {"num_cpus": 0.2}, "num_replicas": 2}
+
+
+def test_coordinator_env_goes_into_its_runtime_env_and_the_users_values_win() -> None:
+    from serve_app.runtime.config import COORDINATOR_ENV, with_env
+
+    plain = with_env({"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}, COORDINATOR_ENV)
+    assert plain == {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": COORDINATOR_ENV}}, "num_replicas": 1}
+    mine = {"ray_actor_options": {"runtime_env": {"pip": ["x"], "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"}}}}
+    merged = with_env(mine, COORDINATOR_ENV)
+    assert merged["ray_actor_options"]["runtime_env"] == {
+        "pip": ["x"],
+        "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"},
+    }
+    assert mine["ray_actor_options"]["runtime_env"]["env_vars"] == {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"}
+

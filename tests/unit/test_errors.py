@@ -97,3 +97,6 @@ def test_a_bare_grpc_status_maps_to_a_code_retryable_when_it_is_transient() -> N
     assert app_missing.code == "unavailable" and app_missing.retryable and app_missing.details["transport"] is True
     assert transport_failure(grpc.StatusCode.DEADLINE_EXCEEDED, None).code == "timeout"
     assert not transport_failure(grpc.StatusCode.INTERNAL, "boom").retryable
+    too_big = transport_failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT: Received message larger than max (6000097 vs. 4194304)")
+    assert too_big.code == "payload_too_large" and not too_big.retryable  # sending it again cannot help
+    assert transport_failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full").code == "overloaded"
