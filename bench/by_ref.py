@@ -127,7 +127,8 @@ def main() -> None:
         r = http.post("/v1/workflows/pair/runs", json={"input": {"size": n, "text": text}, "wait": True, "wait_timeout_s": 300})
         body = r.json()
         assert body["success"], body["error"]
-        assert {s["name"]: s for s in body["run"]["steps"]}["stats"]["result"]["bytes"] == n
+        stats = {s["name"]: s for s in body["run"]["steps"]}["stats"]
+        assert stats["status"] == "succeeded" and stats["result"]["bytes"] == n, body
         return time.perf_counter() - t
 
     port = free_port()

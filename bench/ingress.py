@@ -2,6 +2,7 @@
 
     python -m bench.ingress                  # every mode, both systems (about 12 minutes on 2 cores)
     python -m bench.ingress --modes default throughput --seconds 8
+    python -m bench.ingress --modes throughput --defaults-vs-defaults --repeats 3   # the issue's two comparisons
 
 For each mode — ``default`` (Serve as it ships), ``throughput`` (serveflow's default profile:
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` behind Serve's proxy), ``serve-throughput`` (Serve's
@@ -133,7 +134,10 @@ def measure(system: str, seconds: float, script: Path, url: str) -> dict[str, di
     }
 
 
-def bench_mode(mode: str, repeats: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def bench_mode(mode: str, repeats: int, seconds: float, tmp: Path, baseline_mode: str | None = None) -> dict[str, Any]:
+    """serveflow in ``mode`` against the baseline in ``baseline_mode`` (default: the same mode),
+    alternating start by start."""
+    modes = {"serveflow": mode, "baseline": baseline_mode or mode}
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
     baseline_cfg = tmp / "baseline.yaml"
@@ -143,10 +147,10 @@ def bench_mode(mode: str, repeats: int, seconds: float, tmp: Path) -> dict[str, 
     startup: dict[str, list[float]] = {"serveflow": [], "baseline": []}
     for _ in range(repeats):
         for system in ("serveflow", "baseline"):  # alternate, so drift on the machine hits both
-            home = tmp / f"home-{mode}-{system}"  # a fresh SQLite store for every start
-            env = {**MODES[mode], "HOME": str(home), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+            home = tmp / f"home-{modes[system]}-{system}"  # a fresh SQLite store for every start
+            env = {**MODES[modes[system]], "HOME": str(home), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
             config = ROOT / "serve_config.yaml" if system == "serveflow" else baseline_cfg
-            run = ServeRun(config, env, tmp / f"{mode}-{system}.log")
+            run = ServeRun(config, env, tmp / f"{modes[system]}-{system}.log")
             try:
                 if system == "serveflow":
                     probe = lambda: httpx.get(f"{HTTP_URL}/readyz", timeout=2).status_code == 200  # noqa: E731
@@ -154,7 +158,7 @@ def bench_mode(mode: str, repeats: int, seconds: float, tmp: Path) -> dict[str, 
                     probe = lambda: httpx.post(TASKS_URL, json=TASK, timeout=2).status_code == 200  # noqa: E731
                 startup[system].append(run.wait_ready(probe))
                 samples[system].append(measure(system, seconds, script, url))
-                print(json.dumps({"mode": mode, "system": system, **samples[system][-1]}), flush=True)
+                print(json.dumps({"mode": modes[system], "system": system, **samples[system][-1]}), flush=True)
             finally:
                 run.stop()
     out: dict[str, Any] = {"startup_s": {k: statistics.median(v) for k, v in startup.items()}}
@@ -178,7 +182,8 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, path: Path) 
     lines = [
         f"### Ingress modes — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        f"Machine: {_machine()}. Command: `python -m bench.ingress --repeats {args.repeats} --seconds {args.seconds:g}`. "
+        f"Machine: {_machine()}. Command: `python -m bench.ingress --modes {' '.join(args.modes)} --repeats {args.repeats} "
+        f"--seconds {args.seconds:g}{' --defaults-vs-defaults' if args.defaults_vs_defaults else ''}`. "
         f"HAProxy: {results['haproxy']}. wrk: {results['wrk']}.",
         "",
         "| mode | load | serveflow req/s | baseline req/s | ratio | serveflow p50 ms | baseline p50 ms | p50 ratio | serveflow p99 ms | baseline p99 ms | wrk non-2xx (sf/bl) |",
@@ -206,6 +211,21 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, path: Path) 
             for key, label in LOADS:
                 sf, bl = r["serveflow"][key]["rps"], base["baseline"][key]["rps"]
                 lines.append(f"| {mode} | {label} | {sf:.0f} | {bl:.0f} | {sf / bl:.2f} |")
+    pair = results.get("defaults_vs_defaults")
+    if pair is not None and "serveflow" in pair:
+        lines += [
+            "",
+            "Defaults against defaults, measured as a pair (serveflow's default profile and the hand-written",
+            "app on Serve's defaults, alternating start by start, so drift between modes does not enter):",
+            "",
+            "| load | serveflow (throughput) req/s | baseline (Serve defaults) req/s | ratio (≥ 1.25) | serveflow p50 ms | baseline p50 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, label in LOADS:
+            sf, bl = pair["serveflow"][key], pair["baseline"][key]
+            lines.append(
+                f"| {label} | {sf['rps']:.0f} | {bl['rps']:.0f} | {sf['rps'] / bl['rps']:.2f} | {sf['p50_ms']:.1f} | {bl['p50_ms']:.1f} |"
+            )
     starts = [
         f"{mode}: serveflow {r['startup_s']['serveflow']:.1f} s, baseline {r['startup_s']['baseline']:.1f} s"
         for mode, r in modes.items()
@@ -223,6 +243,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument(
+        "--defaults-vs-defaults", action="store_true", help="also serveflow (throughput) against the baseline (Serve defaults), alternating"
+    )
     args = parser.parse_args()
     wrk = subprocess.run([wrk_binary(), "-v"], capture_output=True, text=True).stdout.splitlines()
     results: dict[str, Any] = {"haproxy": haproxy_version(), "wrk": wrk[0] if wrk else "wrk", "modes": {}}
@@ -237,6 +260,9 @@ def main() -> None:
                 if log.exists():
                     print(log.read_text()[-3000:], flush=True)
             print(json.dumps({mode: results["modes"][mode]}), flush=True)
+        if args.defaults_vs_defaults:
+            results["defaults_vs_defaults"] = bench_mode("throughput", args.repeats, args.seconds, Path(tmp), "default")
+            print(json.dumps({"defaults_vs_defaults": results["defaults_vs_defaults"]}), flush=True)
     print(write_report(results, args, Path(args.out)))
 
 
