@@ -10,7 +10,7 @@ from deployments.coordinator import Coordinator
 from deployments.handler_worker import HandlerWorker
 from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
-from serve_app.runtime.config import COORDINATOR_ENV, AppConfig, pool_deployment_name, with_env
+from serve_app.runtime.config import REPLICA_ENV, AppConfig, pool_deployment_name, with_env
 from serve_app.core.settings import Settings
 from serve_app.workflow.loader import load_schedules, load_subscriptions, load_workflows
 
@@ -36,17 +36,21 @@ def build_app(args: dict[str, Any]) -> Application:
             name=pool_deployment_name(name),
             max_ongoing_requests=pool.max_ongoing_requests,
             max_queued_requests=pool.max_queued_requests,
-            **pool.deployment_options(),
+            **with_env(pool.deployment_options(), REPLICA_ENV),
         ).bind(name, pool.model_dump(mode="json"), exporter)
         for name, pool in config.pools.items()
     }
-    metrics = MetricsCollector.options(ray_actor_options={"num_cpus": config.metrics_cpus}).bind(config.metrics_refresh_s)
-    manager = OrganismManager.options(ray_actor_options={"num_cpus": config.manager_cpus}).bind(raw, pools, metrics)
+    metrics = MetricsCollector.options(**with_env({"ray_actor_options": {"num_cpus": config.metrics_cpus}}, REPLICA_ENV)).bind(
+        config.metrics_refresh_s
+    )
+    manager = OrganismManager.options(**with_env({"ray_actor_options": {"num_cpus": config.manager_cpus}}, REPLICA_ENV)).bind(
+        raw, pools, metrics
+    )
     # Invalid workflows fail the deploy here, with the step named (visible in `serve status`).
     workflows = load_workflows(config.workflows, config.routes())
     load_schedules(config.workflows, workflows)  # bad cron, zone, workflow or input: the deploy fails, named
     load_subscriptions(config.workflows, workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
-    return Coordinator.options(**with_env(config.coordinator.deployment_options(), COORDINATOR_ENV)).bind(
+    return Coordinator.options(**with_env(config.coordinator.deployment_options(), REPLICA_ENV)).bind(
         raw, manager, pools, specs, exporter, auth_token, database_url
     )

@@ -42,11 +42,12 @@ class AutoscalingConfig(_Strict):
         return self
 
 
-# Serve's gRPC transport between replicas refuses, on the caller's side, an answer larger than
-# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB unless set; read when the caller's process
-# imports Serve). Every answer a worker may send over actor calls must get through over gRPC too,
-# so the Coordinator's processes take the largest gRPC message (what Serve's own servers allow).
-COORDINATOR_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
+# Serve's gRPC transport between replicas refuses a message larger than
+# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB unless set; read when a replica's process
+# imports Serve): on the caller's side for answers, on the replica's own server for requests.
+# Every message actor calls carry must get through over gRPC too, so serveflow's replicas start
+# with the largest gRPC message (what Serve's own servers allow).
+REPLICA_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
 
 
 def with_env(options: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -201,6 +201,23 @@ WORKFLOWS += [
         ],
     },
 ]
+WORKFLOWS.append(
+    {
+        "name": "big_inline",  # a condition reads make's result, so it stays inline: MBs to the next worker
+        "steps": [
+            {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}", "text": True}},
+            {
+                "name": "stats",
+                "task_type": "blob_stats",
+                "input": {"data": "${steps.make.result}"},
+                "when": "steps.make.result != ''",
+            },
+        ],
+        # A path into stats' result: nothing here goes by reference, so every call takes the
+        # cluster's transport (gRPC in the default profile).
+        "output": {"bytes": "${steps.stats.result.bytes}", "adler32": "${steps.stats.result.adler32}"},
+    }
+)
 WORKFLOWS.append({"name": "tick", "steps": [{"name": "hello", "task_type": "echo", "input": {"message": "${input.note}"}}]})
 WORKFLOWS.append(
     {

@@ -55,6 +55,10 @@ def test_a_task_answer_over_4_mib_gets_through_over_http_and_grpc(serve_instance
         result = client.submit("make_blob", {"size": size, "text": True})
     assert result.success, result.error
     assert result.result == "x" * size
+    # Inline both ways: the result to the Coordinator, then the next step's input to its worker.
+    run = http.post("/v1/workflows/big_inline/runs", json={"input": {"size": size}, "wait": True}).json()["run"]
+    assert run["status"] == "succeeded", run["error"]
+    assert run["output"] == {"bytes": size, "adler32": zlib.adler32(b"x" * size)}
 
 
 @pytest.mark.faults

@@ -112,13 +112,13 @@ def test_several_coordinators_need_postgres() -> None:
     assert ok.coordinator.deployment_options() == {"ray_actor_options": {"num_cpus": 0.2}, "num_replicas": 2}
 
 
-def test_coordinator_env_goes_into_its_runtime_env_and_the_users_values_win() -> None:
-    from serve_app.runtime.config import COORDINATOR_ENV, with_env
+def test_replica_env_goes_into_the_runtime_env_and_the_users_values_win() -> None:
+    from serve_app.runtime.config import REPLICA_ENV, with_env
 
-    plain = with_env({"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}, COORDINATOR_ENV)
-    assert plain == {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": COORDINATOR_ENV}}, "num_replicas": 1}
+    plain = with_env({"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}, REPLICA_ENV)
+    assert plain == {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": REPLICA_ENV}}, "num_replicas": 1}
     mine = {"ray_actor_options": {"runtime_env": {"pip": ["x"], "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"}}}}
-    merged = with_env(mine, COORDINATOR_ENV)
+    merged = with_env(mine, REPLICA_ENV)
     assert merged["ray_actor_options"]["runtime_env"] == {
         "pip": ["x"],
         "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"},
