@@ -189,6 +189,9 @@ class WorkItem(BaseModel):
     # Workflow steps only: keep a result larger than this (or one that is not JSON) in Ray's
     # object store and answer with its marker; None: the result travels inline.
     by_ref_over: int | None = None
+    # False when no later step reads the result (only the output or nobody): a result kept by
+    # reference is then answered with its marker alone, and no object is made.
+    keep_object: bool = True
     # Object references of upstream results kept by reference, by producing step: the worker
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
     refs: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -98,7 +98,12 @@ class Dispatcher:
         return min(requested if requested is not None else default, self._config.max_timeout_s)
 
     async def submit(
-        self, req: TaskRequest, *, by_ref_over: int | None = None, refs: Mapping[str, Any] | None = None
+        self,
+        req: TaskRequest,
+        *,
+        by_ref_over: int | None = None,
+        refs: Mapping[str, Any] | None = None,
+        keep_object: bool = True,
     ) -> TaskResult:
         """Run ``req`` and return its envelope (success or structured failure). Workflow steps
         pass ``by_ref_over`` (keep a larger result in Ray's object store) and the ``refs`` of
@@ -108,7 +113,7 @@ class Dispatcher:
         with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
             trace_id = tracing.trace_id_hex(span)
             try:
-                result = await self._run(req, task_id, by_ref_over, refs or {})
+                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object)
             except Exception as exc:
                 # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
@@ -141,7 +146,7 @@ class Dispatcher:
         raise AssertionError("unreachable")
 
     async def _run(
-        self, req: TaskRequest, task_id: str, by_ref_over: int | None, refs: Mapping[str, Any]
+        self, req: TaskRequest, task_id: str, by_ref_over: int | None, refs: Mapping[str, Any], keep_object: bool
     ) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
@@ -157,6 +162,7 @@ class Dispatcher:
             timeout_s=deadline,
             trace_context=tracing.inject(),
             by_ref_over=by_ref_over,
+            keep_object=keep_object,
             refs=dict(refs),
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0

@@ -143,6 +143,8 @@ class HandlerRunner:
             if result_refs.raw_size(value) is None:
                 value = self._renderable(item, value)
             kept = result_refs.keep_decision(value, item.by_ref_over, jsonio.dumps)
+            if kept is not None and not item.keep_object:
+                return result_refs.marker(*kept), None  # no step reads it: the marker is all anyone sees
             if kept is not None:
                 handle = await asyncio.to_thread(self._objects.put, value)
                 return result_refs.marker(*kept), handle

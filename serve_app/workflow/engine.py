@@ -53,7 +53,7 @@ from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
-SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None)
+SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True)
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
 _CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
@@ -874,7 +874,12 @@ class RunEngine:
             gone = kept.missing(step.name, results)
             if gone:  # dropped since the caller looked: never send a marker in place of the value
                 return TaskResult.failure(result_refs.lost(gone[0], "is gone"))
-            return await self._submit(request, by_ref_over=kept.by_ref_over(step), refs=kept.inputs(step.name, results))
+            return await self._submit(
+                request,
+                by_ref_over=kept.by_ref_over(step),
+                refs=kept.inputs(step.name, results),
+                keep_object=kept.read_by_a_step(step.name),
+            )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:
         """Start the step's child run (or find it, after a restart) and wait for its end."""

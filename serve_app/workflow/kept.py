@@ -36,12 +36,18 @@ class KeptResults:
         self._passable = spec.passable_by_reference()
         # step -> the steps whose results its input reads (ordering alone needs no value)
         self._reads = {s.name: {name for name, _ in result_reads(s.input)} for s in spec.steps}
+        self._read = set().union(*self._reads.values())
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def by_ref_over(self, step: StepSpec) -> int | None:
         """The size above which this step's result stays in the object store; None: inline."""
         return self._threshold if step.name in self._passable else None
+
+    def read_by_a_step(self, step: str) -> bool:
+        """Whether a later step reads this step's result. If not (only the output, or nobody),
+        its worker need not keep the value: the marker is all the store and the API ever show."""
+        return step in self._read
 
     def _kept_inputs(self, step: str, results: Mapping[str, Any]) -> list[str]:
         return sorted(d for d in self._reads.get(step, ()) if result_refs.step_of(results.get(d)) == d)
@@ -61,9 +67,10 @@ class KeptResults:
         """Hold the reference of a successful answer; its marker gets the producing step's name."""
         ref = res._object_ref
         inner = result_refs.marker_of(res.result)
-        if ref is None or inner is None:
+        if inner is None:
             return
-        self._refs[step] = ref
+        if ref is not None:  # None: nobody reads it, so no object was made
+            self._refs[step] = ref
         res.result = result_refs.marker(inner["bytes"], inner["kind"], step)
 
     def forget(self, step: str) -> None:

@@ -53,6 +53,7 @@ WORKFLOWS = {
             [MAKE, {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["make"]},
              {**STATS, "depends_on": ["pause"]}],
         ),
+        spec("make_only", [MAKE], output={"made": "${steps.make.result}"}),  # only the output reads it
         spec(
             "two_readers",
             [MAKE, {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["make"]},
@@ -150,6 +151,10 @@ async def test_the_worker_keeps_large_or_binary_results_and_reads_kept_inputs() 
     assert result_refs.marker_of(large.result) == {"bytes": 2011, "kind": "json"}
     assert objects.values[large._object_ref] == {"text": "x" * 2000}
 
+    unread = await runner.run(item("make_blob", {"size": 5}, by_ref_over=MB, keep_object=False))
+    assert unread.result == result_refs.marker(5, "bytes") and unread._object_ref is None  # no step reads it
+    assert bytes(5) not in objects.values.values()
+
     marker = result_refs.marker(3, "bytes", "make")
     read = await runner.run(item("blob_stats", {"data": marker}, refs={"make": kept._object_ref}))
     assert read.success and read.result["bytes"] == 3
@@ -209,6 +214,21 @@ async def test_a_kept_result_reaches_the_next_step_and_only_its_marker_is_stored
     assert len(jsonio.dumps(stored.public())) < 10_000  # the 3 MB never reached the store
     assert run.step("make").attempts == 1
     assert engine._kept == {}  # released with the run: Ray frees the object
+
+
+async def test_a_result_no_step_reads_is_its_marker_and_makes_no_object(setup: Any) -> None:
+    """Only the output reads it (or nobody): the marker is all the store and the API would show,
+    so the worker makes no object (and the call needs no ObjectRef on the wire)."""
+    make_engine, objects = setup
+    engine = await make_engine()
+    run, _ = await engine.start("make_only", {"size": 2 * MB})
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("make").result == result_refs.marker(2 * MB, "bytes", "make")
+    assert run.output == {"made": result_refs.marker(2 * MB, "bytes", "make")}
+    assert not objects.values
+    kept = engine._kept.get(run.run_id)
+    assert kept is None  # released with the run
 
 
 async def test_a_large_json_result_is_kept_and_read_whole(setup: Any) -> None:
