@@ -197,8 +197,7 @@ class Coordinator:
         body = item.model_dump(mode="json")
         if item.refs:
             body["refs"] = item.refs  # object references travel as themselves, not as JSON
-        refs = bool(item.refs) or (item.by_ref_over is not None and item.keep_object)  # refs go in, or may come back
-        handle = (self._pools_by_ref if refs else self._pools)[pool]
+        handle = (self._pools_by_ref if item.moves_object_refs else self._pools)[pool]
         raw = await await_response(handle.run.remote(body), target=pool_deployment_name(pool))
         object_ref = raw.pop("object_ref", None)
         result = TaskResult.model_validate(raw)

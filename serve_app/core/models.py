@@ -196,6 +196,12 @@ class WorkItem(BaseModel):
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
     refs: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
+    @property
+    def moves_object_refs(self) -> bool:
+        """ObjectRefs go in (``refs``) or may come back (a result kept by reference that a later
+        step reads): the call must be one on which Ray counts references."""
+        return bool(self.refs) or (self.by_ref_over is not None and self.keep_object)
+
 
 class HealthState(str, Enum):
     INITIALIZING = "initializing"

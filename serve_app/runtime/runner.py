@@ -143,12 +143,11 @@ class HandlerRunner:
             if result_refs.raw_size(value) is None:
                 value = self._renderable(item, value)
             kept = result_refs.keep_decision(value, item.by_ref_over, jsonio.dumps)
-            if kept is not None and not item.keep_object:
+            if kept is None:
+                return value, None
+            if not item.keep_object:
                 return result_refs.marker(*kept), None  # no step reads it: the marker is all anyone sees
-            if kept is not None:
-                handle = await asyncio.to_thread(self._objects.put, value)
-                return result_refs.marker(*kept), handle
-            return value, None
+            return result_refs.marker(*kept), await asyncio.to_thread(self._objects.put, value)
         return self._renderable(item, value), None
 
     async def _fetch(self, handles: Mapping[str, Any]) -> dict[str, Any]:

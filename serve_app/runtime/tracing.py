@@ -151,9 +151,9 @@ def start_span(
 
     Exceptions are recorded on the span and re-raised.
     """
+    if _provider is None:
+        configure()  # a process nobody configured: exporter none (ids only)
     ctx = propagate.extract(dict(carrier)) if carrier else None
-    if not _recording:
-        _tracer()  # the first span configures a process nobody configured (ids only)
     if not _recording:
         with trace.use_span(_unrecorded_child(ctx), end_on_exit=False) as span:
             yield span

@@ -1018,9 +1018,7 @@ class _Unwritten:
         taken, self._states = self._states, []
         states = (*beside, *taken)
         try:
-            if len(states) == 1:
-                await self._store.save_step(self._run_id, states[0], lease)
-            elif states:
+            if states:
                 await self._store.save_steps(self._run_id, states, lease)
         except BaseException:
             self._states = taken + self._states

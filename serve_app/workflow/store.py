@@ -599,32 +599,26 @@ class SqliteRunStore:
 
         return await self._io(op)
 
-    async def _fenced(self, run_id: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
-        """Run an UPDATE of ``run_id`` only while ``lease`` holds it (one statement, no race),
-        committed with whatever other such writes are waiting (group commit)."""
-        if await self._writes.execute(sql, params) == 0:
+    async def _fenced(self, run_id: str, lease: Lease, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run UPDATEs of ``run_id``, each only while ``lease`` holds it (one statement, no race),
+        queued together and committed with whatever other such writes are waiting (group commit)."""
+        if 0 in await self._writes.execute_many(list(statements)):
             raise LeaseLost(run_id, lease)
 
     _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
     async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await self._fenced(run.run_id, lease, save_run_sql("?", release), params)
+        await self._fenced(run.run_id, lease, (save_run_sql("?", release), params))
 
     _SAVE_STEP = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({_HELD})"
 
-    @staticmethod
-    def _step_params(run_id: str, step: StepState, lease: Lease) -> tuple[Any, ...]:
-        return (*step_row_values(step), run_id, step.name, run_id, lease.owner, lease.epoch)
-
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
-        await self._fenced(run_id, lease, self._SAVE_STEP, self._step_params(run_id, step, lease))
+        await self.save_steps(run_id, [step], lease)
 
     async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
-        # Queued together, so they join one group commit.
-        counts = await self._writes.execute_many([(self._SAVE_STEP, self._step_params(run_id, st, lease)) for st in steps])
-        if 0 in counts:
-            raise LeaseLost(run_id, lease)
+        held = (run_id, lease.owner, lease.epoch)
+        await self._fenced(run_id, lease, *((self._SAVE_STEP, (*step_row_values(st), run_id, st.name, *held)) for st in steps))
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -699,7 +693,7 @@ class SqliteRunStore:
 
     async def park(self, run_id: str, wake_at: float, signals: Sequence[str], lease: Lease) -> None:
         params = (*signals, wake_at, run_id, lease.owner, lease.epoch)
-        await self._fenced(run_id, lease, park_sql("?", len(signals)), params)
+        await self._fenced(run_id, lease, (park_sql("?", len(signals)), params))
 
     async def append_event(self, event_id: str, type: str, key: str | None, payload: Any, at: float) -> tuple[Event, bool]:
         def op(db: sqlite3.Connection) -> tuple[Event, bool]:

@@ -133,6 +133,15 @@ def test_which_steps_may_keep_results_by_reference() -> None:
     assert not passable & {"path", "cond", "listed", "child_in", "mapped", "each", "kid"}
 
 
+def test_which_calls_move_object_refs() -> None:
+    """Those go as actor calls (Ray counts the references); the rest keep the cluster's transport."""
+    base = {"task_id": "t", "task_type": "make_blob", "payload": {}, "timeout_s": 5}
+    assert not WorkItem(**base).moves_object_refs  # a task, or a step nothing may keep
+    assert WorkItem(**base, by_ref_over=MB).moves_object_refs  # a later step reads its kept result
+    assert not WorkItem(**base, by_ref_over=MB, keep_object=False).moves_object_refs  # the marker alone
+    assert WorkItem(**base, refs={"make": object()}).moves_object_refs  # kept inputs go in
+
+
 async def test_the_worker_keeps_large_or_binary_results_and_reads_kept_inputs() -> None:
     objects = LocalObjects()
     registry = HandlerRegistry.from_modules(["serve_app.examples.compute", "tests.unit.byref_handlers"], ["make_blob", "blob_stats", "big_json"])
