@@ -18,7 +18,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app.runtime.health import summarize
-from serve_app.core.errors import Cancelled, Internal, Overloaded, ServeflowError, Unavailable
+from serve_app.core.codec import over_message_limit
+from serve_app.core.errors import Cancelled, Internal, Overloaded, PayloadTooLarge, ServeflowError, Unavailable
 from serve_app.runtime.runner import ObjectLost
 
 logger = logging.getLogger("serveflow.ray_calls")
@@ -36,8 +37,25 @@ def downstream_error(exc: BaseException, *, target: str) -> ServeflowError:
         return Unavailable(f"the {target} replica handling this request died", details={"target": target})
     if isinstance(exc, (RequestCancelledError, TaskCancelledError)):
         return Cancelled(f"request to {target} was cancelled", details={"target": target})
+    if _refused_for_size(exc):
+        return PayloadTooLarge(
+            f"a message to or from {target} is larger than Serve's gRPC transport between replicas allows"
+            " (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH in the cluster's environment)",
+            details={"target": target},
+        )
     logger.error("unexpected error calling %s", target, exc_info=exc)
     return Internal(f"unexpected error calling {target}", details={"target": target})
+
+
+def _refused_for_size(exc: BaseException | None) -> bool:
+    # Serve's gRPC transport raises the channel's own error (or one caused by it).
+    seen = 0
+    while exc is not None and seen < 5:
+        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+        if callable(code) and callable(details) and over_message_limit(code(), details()):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 async def local_handle(handle: DeploymentHandle) -> DeploymentHandle:

@@ -10,7 +10,7 @@ from deployments.coordinator import Coordinator
 from deployments.handler_worker import HandlerWorker
 from deployments.metrics import MetricsCollector
 from deployments.organism_manager import OrganismManager
-from serve_app.runtime.config import REPLICA_ENV, AppConfig, pool_deployment_name, with_env
+from serve_app.runtime.config import AppConfig, pool_deployment_name, with_env
 from serve_app.core.settings import Settings
 from serve_app.workflow.loader import load_schedules, load_subscriptions, load_workflows
 
@@ -26,6 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
     exporter = settings.trace_exporter or config.tracing.exporter
     auth_token = settings.auth_token or config.auth_token
     database_url = settings.database_url or config.workflows.dsn
+    replica_env = settings.replica_env()
     if config.workflows.store == "postgres" and not database_url:
         raise ValueError("workflows.store is postgres: set workflows.dsn or SERVEFLOW_DATABASE_URL")
     # Secrets travel apart (auth_token, database_url below), never inside the config every replica logs.
@@ -36,14 +37,14 @@ def build_app(args: dict[str, Any]) -> Application:
             name=pool_deployment_name(name),
             max_ongoing_requests=pool.max_ongoing_requests,
             max_queued_requests=pool.max_queued_requests,
-            **with_env(pool.deployment_options(), REPLICA_ENV),
+            **with_env(pool.deployment_options(), replica_env),
         ).bind(name, pool.model_dump(mode="json"), exporter)
         for name, pool in config.pools.items()
     }
-    metrics = MetricsCollector.options(**with_env({"ray_actor_options": {"num_cpus": config.metrics_cpus}}, REPLICA_ENV)).bind(
+    metrics = MetricsCollector.options(**with_env({"ray_actor_options": {"num_cpus": config.metrics_cpus}}, replica_env)).bind(
         config.metrics_refresh_s
     )
-    manager = OrganismManager.options(**with_env({"ray_actor_options": {"num_cpus": config.manager_cpus}}, REPLICA_ENV)).bind(
+    manager = OrganismManager.options(**with_env({"ray_actor_options": {"num_cpus": config.manager_cpus}}, replica_env)).bind(
         raw, pools, metrics
     )
     # Invalid workflows fail the deploy here, with the step named (visible in `serve status`).
@@ -51,6 +52,6 @@ def build_app(args: dict[str, Any]) -> Application:
     load_schedules(config.workflows, workflows)  # bad cron, zone, workflow or input: the deploy fails, named
     load_subscriptions(config.workflows, workflows, config.routes())
     specs = {name: spec.model_dump(mode="json") for name, spec in workflows.items()}
-    return Coordinator.options(**with_env(config.coordinator.deployment_options(), REPLICA_ENV)).bind(
+    return Coordinator.options(**with_env(config.coordinator.deployment_options(), replica_env)).bind(
         raw, manager, pools, specs, exporter, auth_token, database_url
     )

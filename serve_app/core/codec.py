@@ -113,13 +113,18 @@ def from_trailers(metadata: Iterable[tuple[str, Any]] | None, model: type[E]) ->
     return None
 
 
+def over_message_limit(status: grpc.StatusCode | None, details: str | None) -> bool:
+    """Did gRPC refuse a message for its size? (Sending it again cannot help.)"""
+    return status == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or "")
+
+
 def transport_failure(status: grpc.StatusCode | None, details: str | None) -> ErrorInfo:
     """The error of an RPC that ended without an envelope (proxy, network, deadline)."""
     code = code_from_grpc(status)
     text = (details or "").strip()
     message = text.splitlines()[0][:500] if text else f"gRPC call failed: {code.value}"
-    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text:
-        code = ErrorCode.PAYLOAD_TOO_LARGE  # a message over a size limit: sending it again cannot help
+    if over_message_limit(status, text):
+        code = ErrorCode.PAYLOAD_TOO_LARGE
     return ErrorInfo(
         code=code.value,
         message=message,

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
+
+# Serve's gRPC transport between replicas (its throughput mode) refuses a message larger than
+# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB unless set; read when a replica's process
+# imports Serve): on the caller's side for answers, on the replica's own server for requests.
+# Every message actor calls carry must get through over gRPC too, so serveflow wants the largest
+# (what Serve's own servers allow) in every process of the cluster: its profiles set it, and
+# replicas started without it get it through their runtime_env (``replica_env``).
+GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
 
 # Serve's own switches, by serveflow profile. Serve reads them when its processes start, so they
 # only take effect for a cluster started with them in its environment (see ``connect``). Measured
@@ -15,9 +23,9 @@ SERVE_PROFILES: dict[str, dict[str, str]] = {
     # Serve's proxy. Its direct ingress drains an ingress replica for 30 s and `serve.shutdown()`
     # returns before the controller exits (a `serve.start()` then dies with it); HAProxy also
     # keeps host-wide fixed config, socket and ports: BENCHMARKS.md, "Ingress modes".
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", **GRPC_MESSAGE_ENV},
     # The above plus HAProxy in front of the ingress replicas (bundled binary, HAProxy 2.8).
-    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1", **GRPC_MESSAGE_ENV},
     # Serve exactly as it ships.
     "serve-defaults": {},
 }
@@ -35,6 +43,9 @@ class Settings:
     auth_token: str | None
     database_url: str | None = None
     serve_profile: str = DEFAULT_SERVE_PROFILE
+    # Serve's own switches (RAY_SERVE_*) in this environment: on a worker of a cluster, what the
+    # cluster was started with, and so what every replica there inherits.
+    serve_switches: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,7 +58,17 @@ class Settings:
             auth_token=env.get("SERVEFLOW_AUTH_TOKEN") or None,
             database_url=env.get("SERVEFLOW_DATABASE_URL") or None,
             serve_profile=_profile(env.get("SERVEFLOW_SERVE_PROFILE") or DEFAULT_SERVE_PROFILE),
+            serve_switches={k: v for k, v in env.items() if k.startswith("RAY_SERVE_")},
         )
+
+    def replica_env(self) -> dict[str, str]:
+        """What serveflow's replicas must be given through their ``runtime_env``: the variables of
+        ``GRPC_MESSAGE_ENV`` the cluster's environment does not set (a value set there wins).
+
+        Usually nothing: the profiles set them, and a replica inherits them from the cluster. A
+        runtime_env costs start-up: such a replica cannot take one of the workers Ray starts in
+        advance, and each one's environment is made by Ray's runtime-env agent first."""
+        return {k: v for k, v in GRPC_MESSAGE_ENV.items() if k not in self.serve_switches}
 
     def serve_environment(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """Serve's switches for this profile, less those the environment already sets (an explicit

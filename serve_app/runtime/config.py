@@ -42,17 +42,11 @@ class AutoscalingConfig(_Strict):
         return self
 
 
-# Serve's gRPC transport between replicas refuses a message larger than
-# RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB unless set; read when a replica's process
-# imports Serve): on the caller's side for answers, on the replica's own server for requests.
-# Every message actor calls carry must get through over gRPC too, so serveflow's replicas start
-# with the largest gRPC message (what Serve's own servers allow).
-REPLICA_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
-
-
 def with_env(options: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Deployment ``options`` whose replicas start with ``env`` in their environment (through
-    ``runtime_env.env_vars``); values the user set there win."""
+    ``runtime_env.env_vars``); values the user set there win. No ``env``: ``options`` unchanged."""
+    if not env:
+        return options
     actor = dict(options.get("ray_actor_options", {}))
     runtime_env = dict(actor.get("runtime_env") or {})
     runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}

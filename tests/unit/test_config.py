@@ -113,15 +113,42 @@ def test_several_coordinators_need_postgres() -> None:
 
 
 def test_replica_env_goes_into_the_runtime_env_and_the_users_values_win() -> None:
-    from serve_app.runtime.config import REPLICA_ENV, with_env
+    from serve_app.core.settings import GRPC_MESSAGE_ENV
+    from serve_app.runtime.config import with_env
 
-    plain = with_env({"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}, REPLICA_ENV)
-    assert plain == {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": REPLICA_ENV}}, "num_replicas": 1}
+    plain = with_env({"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}, GRPC_MESSAGE_ENV)
+    assert plain == {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": GRPC_MESSAGE_ENV}}, "num_replicas": 1}
     mine = {"ray_actor_options": {"runtime_env": {"pip": ["x"], "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"}}}}
-    merged = with_env(mine, REPLICA_ENV)
+    merged = with_env(mine, GRPC_MESSAGE_ENV)
     assert merged["ray_actor_options"]["runtime_env"] == {
         "pip": ["x"],
         "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"},
     }
     assert mine["ray_actor_options"]["runtime_env"]["env_vars"] == {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "9", "A": "1"}
+    # Nothing to add: no runtime_env at all (an empty one would still keep replicas off Ray's pre-started workers).
+    assert with_env({"ray_actor_options": {"num_cpus": 0.1}}, {}) == {"ray_actor_options": {"num_cpus": 0.1}}
 
+
+@pytest.mark.parametrize(
+    ("cluster_env", "expected"),
+    [
+        ({}, {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}),  # plain `serve run`: the runtime_env carries it
+        ({"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}, None),  # the profile: inherited, no runtime_env
+        ({"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "8388608"}, None),  # the operator's own value wins
+    ],
+)
+def test_replicas_get_the_grpc_message_limit_from_the_cluster_or_their_runtime_env(
+    monkeypatch: pytest.MonkeyPatch, cluster_env: dict[str, str], expected: dict[str, str] | None
+) -> None:
+    from ray.serve._private.build_app import build_app as serve_build
+
+    from graphs.serveflow import build_app
+
+    monkeypatch.delenv("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", raising=False)
+    for k, v in cluster_env.items():
+        monkeypatch.setenv(k, v)
+    pools = {"p": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["echo"]}}
+    built = serve_build(build_app({"pools": pools}), name="serveflow")
+    envs = {d.name: (d.ray_actor_options.get("runtime_env") or {}).get("env_vars") for d in built.deployments}
+    assert set(envs) == {"Coordinator", "OrganismManager", "MetricsCollector", "HandlerWorker_p"}
+    assert all(env == expected for env in envs.values()), envs
