@@ -18,6 +18,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app.runtime.health import summarize
+from serve_app.core.aio import within
 from serve_app.core.codec import over_message_limit
 from serve_app.core.errors import Cancelled, Internal, Overloaded, PayloadTooLarge, ServeflowError, Unavailable
 from serve_app.runtime.runner import ObjectLost
@@ -94,7 +95,7 @@ async def await_response(response: DeploymentResponse, *, target: str, timeout_s
         except Exception as exc:
             raise downstream_error(exc, target=target) from exc
 
-    return await (wait() if timeout_s is None else asyncio.wait_for(wait(), timeout_s))
+    return await (wait() if timeout_s is None else within(wait(), timeout_s))
 
 
 class RayObjects:

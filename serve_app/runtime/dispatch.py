@@ -16,6 +16,7 @@ from serve_app.runtime import tracing
 from serve_app.runtime.config import AppConfig
 from serve_app.core.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType, classify
 from serve_app.core.retry import Backoff
+from serve_app.core.aio import within
 from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.runtime.telemetry import TaskObserver
 
@@ -169,7 +170,7 @@ class Dispatcher:
         if self._observer is not None:
             self._observer.inflight(pool, +1)
         try:
-            return await asyncio.wait_for(self._call_with_retries(pool, item, retries), deadline + self._config.timeout_grace_s)
+            return await within(self._call_with_retries(pool, item, retries), deadline + self._config.timeout_grace_s)
         except asyncio.TimeoutError as exc:
             # The worker enforces the deadline itself; reaching here means the
             # replica did not answer at all (blocked loop, lost message).

@@ -386,6 +386,8 @@ class RunEngine:
         cancelled = False
         changes = scheduler.start()
         signals_checked = 0.0
+        cancel_waiter: asyncio.Future[Any] | None = None
+        poke_waiter: asyncio.Future[Any] | None = None
 
         def ended(st: StepState) -> None:
             nonlocal fatal
@@ -443,7 +445,12 @@ class RunEngine:
                     break
                 if unwritten and not carried:
                     await unwritten.write(self._lease(run.run_id))
-                waiters = [asyncio.ensure_future(cancel_event.wait()), asyncio.ensure_future(poke.wait())]
+                # Woken by a step ending, a cancel, or (while a step waits for one) a signal. The
+                # waiters live across turns: one per turn cost a step two tasks and their cancels.
+                cancel_waiter = cancel_waiter or asyncio.ensure_future(cancel_event.wait())
+                if waiting and (poke_waiter is None or poke_waiter.done()):
+                    poke_waiter = asyncio.ensure_future(poke.wait())
+                waiters = [cancel_waiter, *([poke_waiter] if waiting and poke_waiter else [])]
                 # The timeout bounds how late a cancel made through another replica (or a signal
                 # delivered to it) is seen, and wakes a sleep that ends while other steps run.
                 timeout = self._cancel_poll_s
@@ -451,8 +458,6 @@ class RunEngine:
                 if due:
                     timeout = max(0.0, min(timeout, min(due) - self._clock()))
                 done, _ = await asyncio.wait([*running, *waiters], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
                 for task in done:
                     if task in waiters:
                         continue
@@ -467,6 +472,9 @@ class RunEngine:
                     for task in running:
                         task.cancel()
         finally:
+            for waiter in (cancel_waiter, poke_waiter):
+                if waiter is not None:
+                    waiter.cancel()
             # Cancelled in-flight steps (cancel, fatal failure, or engine shutdown).
             for task in running:
                 task.cancel()

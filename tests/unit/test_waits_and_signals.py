@@ -56,6 +56,13 @@ WORKFLOWS = {
             ],
         ),
         spec("busy", [{"name": "nap", "sleep": 0.4}, {"name": "work", "task_type": "sleep", "input": {"seconds": 0.1}}]),
+        spec(
+            "early_task",
+            [
+                {"name": "work", "task_type": "sleep", "input": {"seconds": 0.5}},
+                {"name": "approve", "wait_for": {"signal": "approved"}, "depends_on": ["work"]},
+            ],
+        ),
     ]
 }
 
@@ -146,6 +153,18 @@ async def test_a_signal_sent_before_the_step_is_kept(engine: RunEngine) -> None:
     assert created
     done = await engine.wait(run.run_id, 10)
     assert done.status is RunStatus.SUCCEEDED and done.step("approve").result == {"by": "ada"}
+
+
+async def test_a_signal_sent_while_only_a_task_runs_does_not_spin_the_drive(engine: RunEngine) -> None:
+    # The signal pokes the drive; with no step waiting for one there is nothing to look at
+    # until the wait begins (it reads the stored signal then), so the drive must not wake
+    # over and over meanwhile (it did: the poke stayed set and every turn returned at once).
+    run, _ = await engine.start("early_task", {})
+    await engine.signal(run.run_id, "approved", {"by": "ada"})
+    cpu = time.process_time()
+    done = await engine.wait(run.run_id, 10)
+    assert done.status is RunStatus.SUCCEEDED and done.step("approve").result == {"by": "ada"}
+    assert time.process_time() - cpu < 0.25  # a spinning drive burns the whole 0.5 s task
 
 
 async def test_a_signal_wakes_a_parked_run_and_duplicates_are_ignored(engine: RunEngine) -> None:
