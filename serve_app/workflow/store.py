@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
-from serve_app.workflow.group_commit import GroupCommit, transaction
+from serve_app.workflow.group_commit import GroupCommit, WalCheckpointer, transaction
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -490,15 +490,23 @@ class SqliteRunStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints run beside the writes, never inside one (group_commit.py).
+        self._checkpointer = None if path == ":memory:" else WalCheckpointer(path)
+        if self._checkpointer is not None:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
         migrate_sqlite(self._db, SQLITE_MIGRATIONS)
-        self._writes = GroupCommit(self._db, self._lock)
+        self._writes = GroupCommit(self._db, self._lock, checkpointer=self._checkpointer)
 
     async def _io(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
             with self._lock:
                 return fn()
 
-        return await asyncio.to_thread(locked)
+        try:
+            return await asyncio.to_thread(locked)
+        finally:
+            if self._checkpointer is not None:
+                self._checkpointer.note()  # it may have written
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return transaction(self._db, fn)

@@ -1,15 +1,17 @@
-"""Group commit: concurrent writes share transactions; each caller still gets its own outcome."""
+"""Group commit: a small write that finds the connection free commits on the loop; writes that
+queue behind a busy connection share transactions; each caller gets its own outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from serve_app.workflow.group_commit import GroupCommit
+from serve_app.workflow.group_commit import INLINE_MAX_BYTES, GroupCommit, WalCheckpointer
 
 pytestmark = pytest.mark.anyio
 
@@ -22,15 +24,63 @@ def _db(path: Path) -> sqlite3.Connection:
     return db
 
 
-async def test_concurrent_writes_share_commits_and_are_all_durable(tmp_path: Path) -> None:
+async def test_writes_queued_behind_a_busy_connection_share_commits_and_are_all_durable(tmp_path: Path) -> None:
     db = _db(tmp_path / "a.sqlite3")
-    writes = GroupCommit(db, threading.Lock())
+    lock = threading.Lock()
+    writes = GroupCommit(db, lock)
+    reader = threading.Thread(target=lambda: (lock.acquire(), time.sleep(0.2), lock.release()))
+    reader.start()  # a read in a thread holds the connection
+    while not lock.locked():
+        await asyncio.sleep(0.001)
     counts = await asyncio.gather(*[writes.execute("UPDATE t SET v='new' WHERE k=?", (i,)) for i in range(200)])
+    reader.join()
     assert counts == [1] * 200
-    assert writes.writes == 200 and writes.batches < 50  # the first goes alone, the rest in a few batches
+    assert writes.inline == 0 and writes.writes == 200 and writes.batches < 50  # the first goes alone, the rest in a few batches
     # Another connection sees every write: each caller was answered only after its commit.
     other = sqlite3.connect(tmp_path / "a.sqlite3")
     assert other.execute("SELECT count(*) FROM t WHERE v='new'").fetchone() == (200,)
+
+
+async def test_a_small_write_on_a_free_connection_commits_on_the_loop_and_a_big_one_in_the_thread(tmp_path: Path) -> None:
+    writes = GroupCommit(_db(tmp_path / "i.sqlite3"), threading.Lock())
+    assert await writes.execute("UPDATE t SET v='x' WHERE k=?", (1,)) == 1
+    assert writes.inline == 1
+    assert await writes.execute("UPDATE t SET v=? WHERE k=?", ("y" * (INLINE_MAX_BYTES + 1), 2)) == 1
+    assert writes.inline == 1 and writes.writes == 2
+    other = sqlite3.connect(tmp_path / "i.sqlite3")
+    assert other.execute("SELECT k, length(v) FROM t WHERE k IN (1, 2) ORDER BY k").fetchall() == [(1, 1), (2, INLINE_MAX_BYTES + 1)]
+
+
+async def test_a_write_never_waits_on_the_loop_for_another_connections_lock(tmp_path: Path) -> None:
+    db = _db(tmp_path / "l.sqlite3")
+    writes = GroupCommit(db, threading.Lock())
+    other = sqlite3.connect(tmp_path / "l.sqlite3", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    write = asyncio.ensure_future(writes.execute("UPDATE t SET v='late' WHERE k=?", (3,)))
+    started = time.monotonic()
+    await asyncio.sleep(0.05)  # the loop runs meanwhile: the write waits in the thread
+    assert time.monotonic() - started < 0.5 and not write.done()
+    other.execute("COMMIT")
+    assert await write == 1
+    assert writes.inline == 0
+    assert db.execute("PRAGMA busy_timeout").fetchone() == (5000,)  # the connection's own timeout is back
+
+
+async def test_checkpoints_run_beside_the_writes(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite3"
+    db = _db(path)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    checkpointer = WalCheckpointer(str(path), every=10)
+    writes = GroupCommit(db, threading.Lock(), checkpointer=checkpointer)
+    for i in range(25):
+        await writes.execute("UPDATE t SET v=? WHERE k=?", (f"v{i}", i))
+    for _ in range(200):
+        if checkpointer.checkpoints >= 1:
+            break
+        await asyncio.sleep(0.01)
+    assert checkpointer.checkpoints >= 1 and writes.inline == 25
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT count(*) FROM t WHERE v LIKE 'v%'").fetchone() == (25,)
 
 
 async def test_a_lone_write_is_committed_at_once(tmp_path: Path) -> None:
@@ -60,3 +110,26 @@ async def test_a_failing_statement_fails_only_its_caller(tmp_path: Path) -> None
     assert db.execute("SELECT count(*) FROM t WHERE v='ok'").fetchone() == (20,)
     assert db.execute("SELECT v FROM t WHERE k=50").fetchone() == ("old",)
     assert not db.in_transaction
+
+
+async def test_the_sqlite_store_checkpoints_beside_its_writes(tmp_path: Path) -> None:
+    from serve_app.workflow.state import RunState, StepState, StepStatus
+    from serve_app.workflow.store import Lease, SqliteRunStore
+
+    store = SqliteRunStore(str(tmp_path / "runs.sqlite3"))
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)  # no commit pays for one
+    run = RunState(run_id="r", workflow="w", input={}, created_at=1.0, steps=[StepState(name="a", task_type="echo")])
+    await store.create_run(run, '{"name": "w", "steps": []}', "h", "o", 60)
+    step = run.steps[0]
+    for attempt in range(300):
+        step.status, step.attempts = StepStatus.RUNNING, attempt
+        await store.save_steps("r", [step], Lease("o", 1))
+    for _ in range(200):
+        if store._checkpointer is not None and store._checkpointer.checkpoints:
+            break
+        await asyncio.sleep(0.01)
+    assert store._checkpointer is not None and store._checkpointer.checkpoints >= 1
+    assert store._writes.inline == 300
+    got = await store.get_run("r")
+    assert got is not None and got.steps[0].attempts == 299
+    await store.close()
