@@ -98,7 +98,7 @@ class GroupCommit:
         self._flushing = False
         self.batches = 0  # transactions committed (for tests and benchmarks)
         self.writes = 0
-        self.inline = 0  # of which committed on the event loop
+        self.inline = 0  # calls done on the event loop (try_now)
 
     async def execute(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one write statement; returns its rowcount once it is committed."""
@@ -107,11 +107,8 @@ class GroupCommit:
     async def execute_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Run these write statements, queued together (so in one batch, unless it is full);
         returns their rowcounts once all are committed."""
-        if not self._flushing and _small(statements) and self._lock.acquire(blocking=False):
-            try:
-                outcomes = self._commit_inline(statements)
-            finally:
-                self._lock.release()
+        if _small(statements):
+            outcomes = self._commit_inline(statements)
             if outcomes is not None:
                 self._committed()
                 for outcome in outcomes:
@@ -162,22 +159,40 @@ class GroupCommit:
         if self._checkpointer is not None:
             self._checkpointer.note()
 
-    def _commit_inline(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Outcome] | None:
-        """Commit on the calling thread (the lock is held) without waiting for another
-        connection's lock: None when the database was busy, so nothing was written."""
-        self._db.execute("PRAGMA busy_timeout=0")
+    def try_now(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """``fn()`` on the calling thread, if the connection is free and no batch is committing,
+        and without waiting for another connection's lock: ``(True, value)``; else ``(False,
+        None)`` and nothing was done (a 'database is locked' is that too). Its errors propagate."""
+        if self._flushing or not self._lock.acquire(blocking=False):
+            return False, None
         try:
-            outcomes = self._commit_locked(statements)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc):
-                return None
-            outcomes = [exc] * len(statements)
-        except sqlite3.Error as exc:
-            outcomes = [exc] * len(statements)
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                value = fn()
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    return False, None
+                raise
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         finally:
-            self._db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            self._lock.release()
         self.inline += 1
-        return outcomes
+        return True, value
+
+    def _commit_inline(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Outcome] | None:
+        """Commit on the calling thread (see :meth:`try_now`): None when that could not be done."""
+
+        def commit() -> list[Outcome]:
+            try:
+                return self._commit_locked(statements)
+            except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                    raise
+                return [exc] * len(statements)
+
+        done, outcomes = self.try_now(commit)
+        return outcomes if done else None
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Outcome]:
         with self._lock:
@@ -202,6 +217,10 @@ class GroupCommit:
         self.batches += 1
         self.writes += len(statements)
         return outcomes
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc)
 
 
 def _small(statements: list[tuple[str, tuple[Any, ...]]]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
-from serve_app.workflow.group_commit import GroupCommit, WalCheckpointer, transaction
+from serve_app.workflow.group_commit import INLINE_MAX_BYTES, GroupCommit, WalCheckpointer, transaction
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -497,7 +497,17 @@ class SqliteRunStore:
         migrate_sqlite(self._db, SQLITE_MIGRATIONS)
         self._writes = GroupCommit(self._db, self._lock, checkpointer=self._checkpointer)
 
-    async def _io(self, fn: Callable[[], T]) -> T:
+    async def _io(self, fn: Callable[[], T], *, now: bool = False) -> T:
+        """``fn()`` under the connection's lock in a thread; with ``now``, on the event loop when
+        the connection is free (a run's creation and its read-back: a thread hop each, on every
+        run; the JSON work holds the GIL either way, and a read never waits in WAL mode)."""
+        if now:
+            done, value = self._writes.try_now(fn)
+            if done:
+                if self._checkpointer is not None:
+                    self._checkpointer.note()
+                return value  # type: ignore[return-value]
+
         def locked() -> T:
             with self._lock:
                 return fn()
@@ -531,7 +541,7 @@ class SqliteRunStore:
             )
             return run.run_id, True
 
-        run_id, created = await self._io(lambda: self._tx(op))
+        run_id, created = await self._io(lambda: self._tx(op), now=len(spec_json) <= INLINE_MAX_BYTES)
         if created:
             return run, True
         existing = await self.get_run(run_id)
@@ -559,7 +569,7 @@ class SqliteRunStore:
                 run.queue_position = ahead + 1
 
     async def get_run(self, run_id: str) -> RunState | None:
-        return await self._io(lambda: self._load(run_id))
+        return await self._io(lambda: self._load(run_id), now=True)
 
     async def get_spec(self, run_id: str) -> str:
         row = await self._io(lambda: self._db.execute("SELECT spec_json FROM runs WHERE run_id = ?", (run_id,)).fetchone())

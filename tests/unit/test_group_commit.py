@@ -129,7 +129,33 @@ async def test_the_sqlite_store_checkpoints_beside_its_writes(tmp_path: Path) ->
             break
         await asyncio.sleep(0.01)
     assert store._checkpointer is not None and store._checkpointer.checkpoints >= 1
-    assert store._writes.inline == 300
+    assert store._writes.inline == 300 + 1  # the steps, and the run's creation
     got = await store.get_run("r")
     assert got is not None and got.steps[0].attempts == 299
+    await store.close()
+
+
+async def test_the_sqlite_store_creates_and_reads_runs_on_the_loop_unless_the_database_is_busy(tmp_path: Path) -> None:
+    from serve_app.workflow.state import RunState, StepState
+    from serve_app.workflow.store import SqliteRunStore
+
+    path = tmp_path / "runs.sqlite3"
+    store = SqliteRunStore(str(path))
+
+    def run(run_id: str) -> RunState:
+        return RunState(run_id=run_id, workflow="w", input={"n": 1}, created_at=1.0, steps=[StepState(name="a", task_type="echo")])
+
+    await store.create_run(run("r1"), '{"name": "w", "steps": []}', "h", "o", 60)
+    assert (await store.get_run("r1")) is not None
+    assert store._writes.inline == 2
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the creation waits in the thread
+    creating = asyncio.ensure_future(store.create_run(run("r2"), '{"name": "w", "steps": []}', "h", "o", 60))
+    started = time.monotonic()
+    await asyncio.sleep(0.05)  # the loop runs meanwhile
+    assert time.monotonic() - started < 0.5 and not creating.done()
+    other.execute("COMMIT")
+    created, fresh = await creating
+    assert fresh and created.run_id == "r2" and store._writes.inline == 2
+    assert (await store.get_run("r2")) is not None and store._writes.inline == 3
     await store.close()
