@@ -6,7 +6,9 @@ with the production overrides (Postgres store, two Coordinators, a proxy on ever
 
 The Postgres DSN is not in the manifest's serve config: every Ray pod gets
 SERVEFLOW_DATABASE_URL from the Secret ``serveflow-postgres`` (key ``dsn``), and
-the environment wins over the file.
+the environment wins over the file. Every Ray pod also starts with serveflow's
+default Serve profile (``serve_app.core.settings``), as `serve run` does in the README:
+Serve reads those switches when its processes start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import sys
 from typing import Any
 
 import yaml
+
+
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "serve_config.yaml"
@@ -40,7 +45,7 @@ def _container(name: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
     return {
         "name": name,
         "image": IMAGE.split("  #")[0],
-        "env": [DSN_ENV],
+        "env": [DSN_ENV, *({"name": k, "value": v} for k, v in SERVE_PROFILES[DEFAULT_SERVE_PROFILE].items())],
         "ports": [{"name": n, "containerPort": p} for n, p in ports],
         "resources": {"limits": {"cpu": "2", "memory": "8Gi"}, "requests": {"cpu": "2", "memory": "8Gi"}},
     }

@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
 from serve_app.runtime.config import AppConfig
 from serve_app.workflow.loader import load_workflows
 
@@ -37,3 +38,6 @@ def test_the_rayservice_serve_config_validates() -> None:
     for group in pods:
         env = group["template"]["spec"]["containers"][0]["env"]
         assert {"name": "SERVEFLOW_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "dsn"}}} in env
+        # serveflow's default Serve profile, as the README's `serve run` has it (Serve reads it at process start).
+        profile = {e["name"]: e["value"] for e in env if "value" in e}
+        assert profile == SERVE_PROFILES[DEFAULT_SERVE_PROFILE]
