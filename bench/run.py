@@ -35,15 +35,10 @@ import httpx
 import psutil
 
 from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
+from serve_app.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICER = "serve_app.ingress.servicer.add_TaskServiceServicer_to_server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, timeout: float) -> float:

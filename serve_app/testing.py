@@ -8,6 +8,8 @@ the HTTP layer, the dispatcher and the handlers can be tested together fast.
 from __future__ import annotations
 
 import itertools
+import random
+import socket
 from typing import Any
 
 from serve_app.runtime.config import AppConfig
@@ -15,6 +17,34 @@ from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.runtime.handlers import HandlerRegistry
 from serve_app.core.models import TaskResult, WorkItem
 from serve_app.runtime.runner import HandlerRunner, ObjectLost
+
+
+# Ports handed out for servers a test or benchmark starts (proxies, GCS, raylets, uvicorn), drawn
+# below the kernel's ephemeral range (Linux 32768-60999, macOS 49152-65535) and above Ray's
+# worker ports (10002-19999). A port the kernel gave out as "free" (bind to 0) sits in the
+# ephemeral range, where any process's next outgoing connection or bind to 0 (every Ray
+# component, every replica's gRPC server) may take it before the server that was meant to
+# have it binds: a two-node test's gRPC proxy once failed that way.
+_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, on every address, not handed out before in this process."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as s:
+                s.bind(("", port))  # [::] (or 0.0.0.0): what Serve's gRPC proxy binds
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 class LocalObjects:

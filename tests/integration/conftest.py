@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from typing import Any, Callable, Iterator
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from serve_app.core.connect import connect, disconnect
+from serve_app.testing import free_port
 
 POOLS: dict[str, Any] = {
     "general": {
@@ -239,12 +239,6 @@ SCHEDULES = [
     {"name": "ticker", "workflow": "tick", "cron": "*/3 * * * * *", "input": {"note": "tick"}, "overlap": "allow", "catch_up": "last"}
 ]
 APP_ARGS: dict[str, Any] = {"pools": POOLS, "max_body_bytes": 65536, "probe_interval_s": 0.5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.25, what: str = "condition") -> Any:

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, wait_until
+from serve_app.testing import free_port
+from tests.integration.conftest import wait_until
 
 ROOT = pathlib.Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "console"

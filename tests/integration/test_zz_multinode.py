@@ -35,7 +35,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import free_port, wait_until
+from serve_app.testing import free_port
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.faults
 
