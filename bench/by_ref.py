@@ -104,7 +104,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from bench.run import free_port, wait_ready
+    from bench.run import wait_ready
+    from serve_app.testing import free_port
     from graphs.serveflow import build_app
     from serve_app.core.connect import connect, disconnect
 

@@ -130,7 +130,8 @@ def bench_serve(repeats: int) -> None:
     import httpx
     from ray import serve
 
-    from bench.run import bench_args, free_port, runs_per_s, wait_ready
+    from bench.run import bench_args, runs_per_s, wait_ready
+    from serve_app.testing import free_port
     from graphs.serveflow import build_app
     from serve_app.core.connect import connect, disconnect
 

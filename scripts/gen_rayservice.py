@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-
 from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

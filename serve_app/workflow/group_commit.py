@@ -110,7 +110,6 @@ class GroupCommit:
         if _small(statements):
             outcomes = self._commit_inline(statements)
             if outcomes is not None:
-                self._committed()
                 for outcome in outcomes:
                     if isinstance(outcome, BaseException):
                         raise outcome
@@ -159,6 +158,23 @@ class GroupCommit:
         if self._checkpointer is not None:
             self._checkpointer.note()
 
+    async def run(self, fn: Callable[[], T], *, now: bool = False) -> T:
+        """``fn()`` under the connection's lock in a thread; with ``now``, on the calling thread
+        when the connection is free (:meth:`try_now`)."""
+        if now:
+            done, value = self.try_now(fn)
+            if done:
+                return value  # type: ignore[return-value]
+
+        def locked() -> T:
+            with self._lock:
+                return fn()
+
+        try:
+            return await asyncio.to_thread(locked)
+        finally:
+            self._committed()  # it may have written
+
     def try_now(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """``fn()`` on the calling thread, if the connection is free and no batch is committing,
         and without waiting for another connection's lock: ``(True, value)``; else ``(False,
@@ -178,6 +194,7 @@ class GroupCommit:
         finally:
             self._lock.release()
         self.inline += 1
+        self._committed()
         return True, value
 
     def _commit_inline(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Outcome] | None:

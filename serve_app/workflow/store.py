@@ -498,25 +498,10 @@ class SqliteRunStore:
         self._writes = GroupCommit(self._db, self._lock, checkpointer=self._checkpointer)
 
     async def _io(self, fn: Callable[[], T], *, now: bool = False) -> T:
-        """``fn()`` under the connection's lock in a thread; with ``now``, on the event loop when
-        the connection is free (a run's creation and its read-back: a thread hop each, on every
-        run; the JSON work holds the GIL either way, and a read never waits in WAL mode)."""
-        if now:
-            done, value = self._writes.try_now(fn)
-            if done:
-                if self._checkpointer is not None:
-                    self._checkpointer.note()
-                return value  # type: ignore[return-value]
-
-        def locked() -> T:
-            with self._lock:
-                return fn()
-
-        try:
-            return await asyncio.to_thread(locked)
-        finally:
-            if self._checkpointer is not None:
-                self._checkpointer.note()  # it may have written
+        """``fn()`` on the connection (:meth:`GroupCommit.run`). ``now`` for a run's creation and
+        its read-back: a thread hop each on every run, while the JSON work holds the GIL either
+        way and a read never waits in WAL mode."""
+        return await self._writes.run(fn, now=now)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return transaction(self._db, fn)
