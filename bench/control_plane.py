@@ -27,7 +27,8 @@ from typing import Any
 
 import httpx
 
-from bench.run import bench_args, bench_durable, free_port, wait_ready
+from bench.run import bench_args, runs_per_s, wait_ready
+from serve_app.testing import free_port
 
 LEASE_S = 3.0
 
@@ -110,8 +111,8 @@ def main() -> None:
             for store, coordinators, dsn in configs:
                 serve.run(build_app(_args(store, f"{tmp}/runs.sqlite3", dsn, coordinators)), name="serveflow", route_prefix="/")
                 wait_ready(http + "/readyz", 180)
-                bench_durable(http, 20)  # warm-up
-                rps = statistics.median(bench_durable(http, opts.runs) for _ in range(opts.repeats))
+                runs_per_s(http, "one", 20)  # warm-up
+                rps = statistics.median(runs_per_s(http, "one", opts.runs) for _ in range(opts.repeats))
                 key = f"{store}_{coordinators}"
                 results[key] = rps
                 print(json.dumps({"store": store, "coordinators": coordinators, "runs_per_s": rps}), flush=True)
