@@ -21,6 +21,7 @@ a slot of the engine's :class:`~serve_app.workflow.gate.PriorityGate` first.
 from __future__ import annotations
 
 import asyncio
+import copy
 import contextvars
 import hashlib
 import json
@@ -170,14 +171,21 @@ class RunEngine:
             priority=priority if priority is not None else spec.priority,
             steps=[StepState(name=s.name, task_type=s.target) for s in spec.steps],
         )
-        # The answer is built before anything is stored: what cannot be rendered is never accepted.
-        jsonio.checked(run.public(), lambda why: ValidationFailed(f"run input cannot be stored: {why}"))
+        # What cannot be rendered is never accepted. The rest of the record is the engine's own
+        # (names from the validated definition, ids, times), so the caller's values are checked.
+        jsonio.checked(
+            [run.input, run.run_id, idempotency_key, key], lambda why: ValidationFailed(f"run input cannot be stored: {why}")
+        )
         stored, created = await self._store.create_run(
             run, spec.model_dump_json(), request_hash(workflow, run_input), self._owner, self._lease_s
         )
         if created and key is None:
-            # The new run is handed over as it was stored: its execution reads nothing back.
-            self._launch(stored.run_id, spec, epoch=1, fresh=stored.model_copy(deep=True))
+            # The new run is handed over as it was stored: its execution reads nothing back. Its
+            # copy shares nothing the engine changes (a new run's steps hold nothing nested yet).
+            fresh = stored.model_copy(
+                update={"input": copy.deepcopy(stored.input), "steps": [st.model_copy() for st in stored.steps]}
+            )
+            self._launch(stored.run_id, spec, epoch=1, fresh=fresh)
         elif created:
             await self._admit(key)
             stored = await self.get(stored.run_id)  # pending now, or queued with its position

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from serve_app.core import result_refs
 from serve_app.core.models import TaskResult
-from serve_app.workflow.spec import StepSpec, WorkflowSpec, result_reads
+from serve_app.workflow.spec import StepSpec, WorkflowSpec
 
 # Lost upstream results are made again at most this often for one step attempt.
 MAX_REMAKES = 3
@@ -35,8 +35,8 @@ class KeptResults:
         self._threshold = threshold
         self._passable = spec.passable_by_reference()
         # step -> the steps whose results its input reads (ordering alone needs no value)
-        self._reads = {s.name: {name for name, _ in result_reads(s.input)} for s in spec.steps}
-        self._read = set().union(*self._reads.values())
+        self._reads = spec.input_reads()
+        self._read = spec.read_by_steps()
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cached_property
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -262,19 +263,32 @@ class WorkflowSpec(_Strict):
                 return s
         raise KeyError(name)
 
-    def dependencies(self) -> dict[str, set[str]]:
+    # What the engine asks of a definition for every run it drives is derived once: a definition
+    # is frozen, so these are computed on first use and kept on it (not fields: never dumped).
+
+    def dependencies(self) -> Mapping[str, frozenset[str]]:
         """step -> every step it waits for (explicit depends_on, references, and what its condition reads)."""
+        return self._dependencies
+
+    @cached_property
+    def _dependencies(self) -> Mapping[str, frozenset[str]]:
         return {
-            s.name: set(s.depends_on)
-            | {name for name, _ in result_reads([s.input, s.map.over if s.map else None, s.sleep, s.sleep_until])}
-            | (_condition_steps(s))
+            s.name: frozenset(
+                set(s.depends_on)
+                | {name for name, _ in result_reads([s.input, s.map.over if s.map else None, s.sleep, s.sleep_until])}
+                | _condition_steps(s)
+            )
             for s in self.steps
         }
 
-    def passable_by_reference(self) -> set[str]:
+    def passable_by_reference(self) -> frozenset[str]:
         """Task steps whose result may stay in Ray's object store: every read of it is whole
         (``${steps.<name>.result}``) by a task step's input or by the output. A condition, a map's
         list, a wait, a child run's input or a path into the result needs the value itself."""
+        return self._passable
+
+    @cached_property
+    def _passable(self) -> frozenset[str]:
         needed: set[str] = set()
         for s in self.steps:
             needed |= _condition_steps(s)
@@ -282,12 +296,32 @@ class WorkflowSpec(_Strict):
             needed |= {name for name, path in result_reads(s.input) if not (passes_whole and path == ["result"])}
             needed |= {name for name, _ in result_reads([s.map.over if s.map else None, s.sleep, s.sleep_until])}
         needed |= {name for name, path in result_reads(self.output) if path != ["result"]}
-        return {s.name for s in self.steps if s.task_type is not None and s.map is None and s.name not in needed}
+        return frozenset(s.name for s in self.steps if s.task_type is not None and s.map is None and s.name not in needed)
+
+    def input_reads(self) -> Mapping[str, frozenset[str]]:
+        """step -> the steps whose results its input reads (ordering alone needs no value)."""
+        return self._input_reads
+
+    @cached_property
+    def _input_reads(self) -> Mapping[str, frozenset[str]]:
+        return {s.name: frozenset(name for name, _ in result_reads(s.input)) for s in self.steps}
+
+    def read_by_steps(self) -> frozenset[str]:
+        """The steps whose result some step's input reads."""
+        return self._read_by_steps
+
+    @cached_property
+    def _read_by_steps(self) -> frozenset[str]:
+        return frozenset().union(*self._input_reads.values())
 
     def final_steps(self) -> list[str]:
+        return list(self._final_steps)
+
+    @cached_property
+    def _final_steps(self) -> tuple[str, ...]:
         deps = self.dependencies()
-        upstream = set().union(*deps.values()) if deps else set()
-        return [s.name for s in self.steps if s.name not in upstream]
+        upstream = frozenset().union(*deps.values()) if deps else frozenset()
+        return tuple(s.name for s in self.steps if s.name not in upstream)
 
 
 def _condition_steps(step: StepSpec) -> set[str]:

@@ -165,6 +165,21 @@ async def test_idempotent_start(engine: RunEngine) -> None:
     assert len(await engine.list(workflow="diamond")) == 1
 
 
+@pytest.mark.parametrize(
+    "inp, key",
+    [({"text": float("nan"), "n": 3}, None), ({"text": "\ud800", "n": 3}, None), ({"text": "a", "n": 2**64}, None), ({"text": "a", "n": 3}, "k\udfff")],
+    ids=["nan-input", "lone-surrogate-input", "int-out-of-range", "lone-surrogate-key"],
+)
+async def test_what_cannot_be_rendered_is_refused_and_not_stored(engine: RunEngine, inp: dict[str, Any], key: str | None) -> None:
+    """Only the caller's values (input, idempotency key) can carry what no encoder renders; the
+    start refuses them before anything is stored, so no later read can break on them."""
+    from serve_app.core.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="cannot be stored"):
+        await engine.start("diamond", inp, idempotency_key=key)
+    assert await engine.list(workflow="diamond") == []
+
+
 async def test_unknown_workflow_and_run(engine: RunEngine) -> None:
     from serve_app.core.errors import NotFound
 

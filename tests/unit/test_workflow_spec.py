@@ -28,6 +28,12 @@ def test_references_add_dependencies() -> None:
     assert spec.dependencies() == {"a": set(), "b": {"a"}, "c": {"a", "b"}}
     assert spec.final_steps() == ["c"]
     validate(spec, KNOWN)
+    # Derived once per (frozen) definition, read-only, and never part of what is dumped or stored.
+    assert spec.dependencies() is spec.dependencies() and isinstance(spec.dependencies()["c"], frozenset)
+    assert spec.input_reads() == {"a": set(), "b": {"a"}, "c": {"b"}} and spec.read_by_steps() == {"a", "b"}
+    assert spec.passable_by_reference() == {"b", "c"}  # a's result is read by a path into it: inline
+    assert set(spec.model_dump()) == set(type(spec).model_fields) and "_dependencies" not in spec.model_dump_json()
+    assert type(spec).model_validate_json(spec.model_dump_json()) == spec
 
 
 def test_resolve_keeps_types_and_paths() -> None:
