@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -153,7 +154,7 @@ def start_span(
     """
     if _provider is None:
         configure()  # a process nobody configured: exporter none (ids only)
-    ctx = propagate.extract(dict(carrier)) if carrier else None
+    ctx = _context_of(carrier) if carrier else None
     if not _recording:
         with trace.use_span(_unrecorded_child(ctx), end_on_exit=False) as span:
             yield span
@@ -166,6 +167,14 @@ def start_span(
         except BaseException as exc:
             record_error(span, exc)
             raise
+
+
+def _context_of(carrier: Mapping[str, str]) -> Context:
+    """The context ``carrier`` propagates: an empty one (a new trace) when it holds none of the
+    fields the propagators read, as most clients' requests do, without parsing anything."""
+    if propagate.get_global_textmap().fields.isdisjoint(carrier):
+        return Context()
+    return propagate.extract(dict(carrier))
 
 
 def _unrecorded_child(ctx: Any) -> Span:

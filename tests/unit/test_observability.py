@@ -211,3 +211,19 @@ def test_with_nothing_to_export_spans_are_ids_only(monkeypatch: pytest.MonkeyPat
     assert tracing.trace_id_hex() is None  # nothing left current
     assert spans.get_finished_spans() == ()
 
+
+@pytest.mark.parametrize("recording", [False, True])
+def test_a_carrier_without_trace_fields_starts_a_new_trace(
+    monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter, recording: bool
+) -> None:
+    """Request headers with no traceparent (most clients) are not parsed: they start a new
+    trace, not a child of whatever span is current, exactly as an empty extraction did."""
+    monkeypatch.setattr(tracing, "_recording", recording)
+    with tracing.start_span("outer", carrier={"traceparent": TRACEPARENT}):
+        with tracing.start_span("request", carrier={"host": "x", "content-type": "application/json"}) as span:
+            assert span.get_span_context().is_valid and tracing.trace_id_hex(span) != TRACE_ID
+        with tracing.start_span("baggage only", carrier={"baggage": "k=v"}) as span:
+            assert tracing.trace_id_hex(span) != TRACE_ID  # parsed (a field it reads), still no parent
+        with tracing.start_span("continued", carrier={"TraceParent": "x", "traceparent": TRACEPARENT}) as span:
+            assert tracing.trace_id_hex(span) == TRACE_ID
+
