@@ -61,11 +61,17 @@ def fanout(width: int) -> WorkflowSpec:
 
 
 async def run_once(store_kind: str, spec: WorkflowSpec, run_input: dict[str, Any], dsn: str | None, *, trace: bool) -> tuple[float, int]:
-    """Seconds for one run of ``spec``, and the peak traced memory in bytes (0 if not traced)."""
+    """Seconds for one run of ``spec``, and the peak traced memory in bytes (0 if not traced).
+
+    The run measured is the second on its store and engine: the first (not timed) pays what
+    any first run pays once — a new database file's first pages and WAL, the definition's
+    derived lookups, cold code paths — which is not a cost of the DAG's size."""
     dispatcher, _, pools = in_process_dispatcher(CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(store_kind, path=f"{tmp}/r.sqlite3", dsn=dsn)
         engine = RunEngine(store, dispatcher.submit, {spec.name: spec}, owner="bench", lease_s=60)
+        first, _ = await engine.start(spec.name, run_input)
+        assert (await engine.wait(first.run_id, 600)).status.value == "succeeded"
         if trace:
             tracemalloc.start()
             tracemalloc.reset_peak()

@@ -708,9 +708,12 @@ class RunEngine:
             st.status, st.error = StepStatus.FAILED, _invalid(step, "map", exc, over=step.map.over)
             return
         st.map = MapProgress(total=len(items))
+        # Elements are recorded only after a write-ahead with attempts >= 1: a step never started
+        # before (by any owner) has none to read back.
+        first_start = st.attempts == 0
         st.attempts += 1
         await self._store.save_step(run.run_id, st, lease)  # write-ahead: the map and its size are on record
-        done = await self._store.load_items(run.run_id, step.name)
+        done = {} if first_start else await self._store.load_items(run.run_id, step.name)
         gathered: list[Any] = [None] * len(items)
         failures: list[ItemOutcome] = []
         for outcome in done.values():
@@ -1068,6 +1071,9 @@ class _ItemWriter:
         self._writing = True
         self._written = asyncio.Event()  # set after each batch written, and when writing stops
         try:
+            # One turn of the loop first: elements finishing in it join this batch (a write on the
+            # loop would otherwise end before any other element could, one commit per element).
+            await asyncio.sleep(0)
             while self._batch:
                 batch, self._batch = self._batch, []
                 try:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, Iterable, Sequence, TypeVar, Union
 
 logger = logging.getLogger("serveflow.store")
 
@@ -107,7 +107,7 @@ class GroupCommit:
     async def execute_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Run these write statements, queued together (so in one batch, unless it is full);
         returns their rowcounts once all are committed."""
-        if _small(statements):
+        if fits_inline(params for _, params in statements):
             outcomes = self._commit_inline(statements)
             if outcomes is not None:
                 for outcome in outcomes:
@@ -240,9 +240,10 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc)
 
 
-def _small(statements: list[tuple[str, tuple[Any, ...]]]) -> bool:
+def fits_inline(rows: Iterable[Sequence[Any]]) -> bool:
+    """Whether these statement parameters are small enough to be written on the event loop."""
     size = 0
-    for _, params in statements:
+    for params in rows:
         for value in params:
             if isinstance(value, (str, bytes)):
                 size += len(value)

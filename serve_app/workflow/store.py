@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
-from serve_app.workflow.group_commit import INLINE_MAX_BYTES, GroupCommit, WalCheckpointer, transaction
+from serve_app.workflow.group_commit import INLINE_MAX_BYTES, GroupCommit, WalCheckpointer, fits_inline, transaction
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -667,13 +667,15 @@ class SqliteRunStore:
         return bool(row and row[0])
 
     async def save_items(self, run_id: str, step: str, items: Sequence[ItemOutcome], lease: Lease) -> None:
+        at = self._clock()
+        rows = [item_row(run_id, step, item, at) for item in items]
+
         def op(db: sqlite3.Connection) -> None:
             if db.execute(self._HELD, (run_id, lease.owner, lease.epoch)).fetchone() is None:
                 raise LeaseLost(run_id, lease)
-            at = self._clock()
-            db.executemany(SAVE_ITEM_SQL.format(p="?"), [item_row(run_id, step, item, at) for item in items])
+            db.executemany(SAVE_ITEM_SQL.format(p="?"), rows)
 
-        await self._io(lambda: self._tx(op))
+        await self._io(lambda: self._tx(op), now=fits_inline(rows))
 
     async def load_items(self, run_id: str, step: str) -> dict[int, ItemOutcome]:
         rows = await self._io(lambda: self._db.execute(LOAD_ITEMS_SQL.format(p="?"), (run_id, step)).fetchall())

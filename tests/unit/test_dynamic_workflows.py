@@ -526,6 +526,44 @@ async def test_item_writer_group_commits_and_bounds_what_is_unwritten() -> None:
 
 
 @pytest.mark.anyio
+async def test_item_writer_batches_elements_ending_together_even_on_an_instant_store() -> None:
+    """A write that completes without yielding (SQLite on the loop) must not turn group commit
+    into one commit per element: elements ending in the same turn share the write."""
+    from serve_app.workflow.engine import _ItemWriter
+    from serve_app.workflow.store import ItemOutcome, Lease
+
+    batches: list[int] = []
+
+    class InstantStore:
+        async def save_items(self, run_id: str, step: str, items: list[ItemOutcome], lease: Lease) -> None:
+            batches.append(len(items))
+
+    writer = _ItemWriter(InstantStore(), "r", "s", Lease("o", 1))  # type: ignore[arg-type]
+    await asyncio.gather(*(writer.record(ItemOutcome(i, StepStatus.SUCCEEDED, 1, i)) for i in range(16)))
+    await writer.flush()
+    assert sum(batches) == 16 and len(batches) == 1, batches
+
+
+@pytest.mark.anyio
+async def test_a_map_started_for_the_first_time_reads_no_finished_elements(store: RunStore, submit: CountingSubmit) -> None:
+    """Elements are recorded only after the step's write-ahead, so a first start skips the read;
+    a resumed map still reads them (test_resume_mid_map_runs_only_unfinished_elements)."""
+    reads: list[str] = []
+    load_items = store.load_items
+
+    async def counted(run_id: str, step: str) -> Any:
+        reads.append(step)
+        return await load_items(run_id, step)
+
+    store.load_items = counted  # type: ignore[method-assign]
+    eng = RunEngine(store, submit, WORKFLOWS, owner="o", lease_s=5)
+    run = await finish(eng, "squares", {"tag": "t", "ns": [1, 2, 3]})
+    await eng.shutdown()
+    assert run.status is RunStatus.SUCCEEDED and len(run.step("each").result) == 3
+    assert reads == []
+
+
+@pytest.mark.anyio
 async def test_step_priority_when_the_step_slots_are_saturated(store: RunStore, submit: CountingSubmit) -> None:
     """One step slot: while it is taken, the higher-priority run's step goes first, whatever the order."""
     eng = RunEngine(store, submit, WORKFLOWS, owner="o", lease_s=5, max_inflight_steps=1)

@@ -159,3 +159,23 @@ async def test_the_sqlite_store_creates_and_reads_runs_on_the_loop_unless_the_da
     assert fresh and created.run_id == "r2" and store._writes.inline == 2
     assert (await store.get_run("r2")) is not None and store._writes.inline == 3
     await store.close()
+
+
+async def test_the_sqlite_store_writes_small_map_batches_on_the_loop_and_big_ones_in_the_thread(tmp_path: Path) -> None:
+    from serve_app.workflow.state import RunState, StepState, StepStatus
+    from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, SqliteRunStore
+
+    store = SqliteRunStore(str(tmp_path / "runs.sqlite3"))
+    run = RunState(run_id="r", workflow="w", input={}, created_at=1.0, steps=[StepState(name="m", task_type="echo")])
+    await store.create_run(run, '{"name": "w", "steps": []}', "h", "o", 60)
+    inline = store._writes.inline
+    await store.save_items("r", "m", [ItemOutcome(i, StepStatus.SUCCEEDED, 1, {"i": i}) for i in range(16)], Lease("o", 1))
+    assert store._writes.inline == inline + 1
+    big = ItemOutcome(16, StepStatus.SUCCEEDED, 1, "x" * (INLINE_MAX_BYTES + 1))
+    await store.save_items("r", "m", [big], Lease("o", 1))
+    assert store._writes.inline == inline + 1  # through the thread
+    with pytest.raises(LeaseLost):  # fenced either way
+        await store.save_items("r", "m", [ItemOutcome(17, StepStatus.SUCCEEDED, 1, 17)], Lease("someone else", 1))
+    items = await store.load_items("r", "m")
+    assert sorted(items) == list(range(17)) and items[3].result == {"i": 3} and items[16].result == big.result
+    await store.close()
