@@ -490,8 +490,7 @@ class RunEngine:
                 await asyncio.gather(*running, return_exceptions=True)
         for name in running.values():
             await self._end_interrupted(run.run_id, states[name], results)
-        await unwritten.write(self._lease(run.run_id))  # before the run's end (which releases the lease)
-        await self._finish(run, spec, states, results, fatal, cancelled)
+        await self._finish(run, spec, states, results, fatal, cancelled, unwritten)
 
     # ------------------------------------------------------------------ waits: sleep, sleep_until, wait_for
 
@@ -625,6 +624,7 @@ class RunEngine:
         results: dict[str, Any],
         fatal: StepState | None,
         cancelled: bool,
+        unwritten: _Unwritten,
     ) -> None:
         leftover = StepStatus.CANCELLED if cancelled else StepStatus.SKIPPED
         for st in states.values():
@@ -651,7 +651,8 @@ class RunEngine:
         if run.status is not RunStatus.SUCCEEDED and any(s.workflow for s in spec.steps):
             await self._cancel_children(run.run_id)  # a parent that ends early takes its children with it
         run.finished_at = self._clock()
-        await self._store.save_run(run, self._lease(run.run_id), release=True)  # ended: the lease goes too
+        # Ended: the lease goes too, and the step ends not yet written go in the same write.
+        await unwritten.write(self._lease(run.run_id), run=run)
         if run.concurrency_key is not None:
             try:
                 await self._admit(run.concurrency_key)
@@ -1032,12 +1033,15 @@ class _Unwritten:
     def __bool__(self) -> bool:
         return bool(self._states)
 
-    async def write(self, lease: Lease, *beside: StepState) -> None:
-        """Write them (and ``beside``) now; any not known to be written stays for the next write."""
+    async def write(self, lease: Lease, *beside: StepState, run: RunState | None = None) -> None:
+        """Write them (and ``beside``) now; any not known to be written stays for the next write.
+        With ``run``: the run's end, written with them (which releases the lease)."""
         taken, self._states = self._states, []
         states = (*beside, *taken)
         try:
-            if states:
+            if run is not None:
+                await self._store.save_run(run, lease, release=True, steps=states)
+            elif states:
                 await self._store.save_steps(self._run_id, states, lease)
         except BaseException:
             self._states = taken + self._states

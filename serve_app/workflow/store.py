@@ -66,9 +66,11 @@ class RunStore(Protocol):
         before: float | None = None,
     ) -> list[RunState]:
         """Newest first; ``before`` pages: only runs created before that time."""
-    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False, steps: Sequence[StepState] = ()) -> None:
         """Persist run-level fields (status, output, error, times); :class:`LeaseLost` if not
-        ``lease``'s. ``release``: in the same write, give the lease up (a run that ended)."""
+        ``lease``'s. ``release``: in the same write, give the lease up (a run that ended).
+        ``steps``: step records written with it (in the same commit where the store can, never
+        after it)."""
 
     async def save_step(self, run_id: str, step: StepState, lease: Lease) -> None:
         """Persist one step; :class:`LeaseLost` if the run is not ``lease``'s."""
@@ -610,9 +612,9 @@ class SqliteRunStore:
 
     _HELD = "SELECT 1 FROM runs WHERE run_id=? AND owner=? AND lease_epoch=?"
 
-    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False, steps: Sequence[StepState] = ()) -> None:
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
-        await self._fenced(run.run_id, lease, (save_run_sql("?", release), params))
+        await self._fenced(run.run_id, lease, *self._step_writes(run.run_id, steps, lease), (save_run_sql("?", release), params))
 
     _SAVE_STEP = f"UPDATE steps SET {STEP_UPDATE_SET.format(p='?')} WHERE run_id=? AND name=? AND EXISTS ({_HELD})"
 
@@ -620,8 +622,11 @@ class SqliteRunStore:
         await self.save_steps(run_id, [step], lease)
 
     async def save_steps(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> None:
+        await self._fenced(run_id, lease, *self._step_writes(run_id, steps, lease))
+
+    def _step_writes(self, run_id: str, steps: Sequence[StepState], lease: Lease) -> list[tuple[str, tuple[Any, ...]]]:
         held = (run_id, lease.owner, lease.epoch)
-        await self._fenced(run_id, lease, *((self._SAVE_STEP, (*step_row_values(st), run_id, st.name, *held)) for st in steps))
+        return [(self._SAVE_STEP, (*step_row_values(st), run_id, st.name, *held)) for st in steps]
 
     async def claim_unfinished(self, owner: str, lease_s: float, limit: int = 100) -> list[tuple[str, int]]:
         def op(db: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -907,8 +912,10 @@ class MemoryRunStore:
         if not self._holds(run_id, lease.owner, lease.epoch):
             raise LeaseLost(run_id, lease)
 
-    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False, steps: Sequence[StepState] = ()) -> None:
         self._check(run.run_id, lease)
+        for st in steps:
+            await self.save_step(run.run_id, st, lease)
         stored = self._runs[run.run_id]
         self._runs[run.run_id] = stored.model_copy(
             update={k: getattr(run, k) for k in ("status", "output", "error", "started_at", "finished_at")}, deep=True

@@ -274,7 +274,9 @@ class PostgresRunStore:
     # the write commits: a write and a claim are serialized, never interleaved.
     _HELD = "WITH held AS (SELECT 1 FROM runs WHERE run_id = %s AND owner = %s AND lease_epoch = %s FOR SHARE) "
 
-    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False) -> None:
+    async def save_run(self, run: RunState, lease: Lease, *, release: bool = False, steps: Sequence[StepState] = ()) -> None:
+        if steps:  # each fenced write on its own connection: the steps first, then the run
+            await self.save_steps(run.run_id, steps, lease)
         params = (*run_row_values(run), run.run_id, lease.owner, lease.epoch)
         await self._fenced(run.run_id, lease, save_run_sql("%s", release), params)
 

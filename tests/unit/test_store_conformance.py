@@ -131,6 +131,31 @@ async def test_several_steps_in_one_fenced_write(kind: str, store_factory: Store
     assert run is not None and run.step("a").result == {"v": 1}
 
 
+async def test_a_runs_end_is_written_with_its_last_step_ends(kind: str, store_factory: StoreFactory) -> None:
+    """How a run that ended is written: its steps not yet on record and the run's end (with the
+    lease released) in one fenced write; fenced out, none of it is written."""
+    clock = Clock()
+    a, b = await store_factory(kind, clock=clock), await store_factory(kind, clock=clock)
+    await a.create_run(new_run("r"), SPEC, "h", "a", 10)
+    run = await a.get_run("r")
+    assert run is not None
+    ended = run.model_copy(update={"status": RunStatus.SUCCEEDED, "output": {"b": 2}, "finished_at": 5.0})
+    last = StepState(name="b", task_type="echo", status=StepStatus.SUCCEEDED, result=2, attempts=1)
+    clock.now += 11
+    assert await b.claim_unfinished("b", 10) == [("r", 2)]
+    with pytest.raises(LeaseLost):
+        await a.save_run(ended, Lease("a", 1), release=True, steps=[last])
+    got = await b.get_run("r")
+    assert got is not None and got.status is not RunStatus.SUCCEEDED and got.step("b").status is StepStatus.PENDING
+    await b.save_run(ended, Lease("b", 2), release=True, steps=[last])
+    got = await a.get_run("r")
+    assert got is not None and got.status is RunStatus.SUCCEEDED and got.output == {"b": 2}
+    assert got.step("b").status is StepStatus.SUCCEEDED and got.step("b").result == 2
+    assert got.step("a").status is StepStatus.PENDING  # only the steps given are written
+    clock.now += 11
+    assert await a.claim_unfinished("a", 10) == []  # ended: nobody claims it
+
+
 async def test_concurrent_claims_never_overlap(kind: str, store_factory: StoreFactory) -> None:
     clock = Clock()
     handles = [await store_factory(kind, clock=clock) for _ in range(3)]
