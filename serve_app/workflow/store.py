@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 from serve_app.core import jsonio
 from serve_app.core.errors import Conflict
 from serve_app.core.models import ErrorInfo
-from serve_app.workflow.group_commit import INLINE_MAX_BYTES, GroupCommit, WalCheckpointer, fits_inline, transaction
+from serve_app.workflow.group_commit import GroupCommit, WalCheckpointer, fits_inline, transaction
 from serve_app.workflow.migrations import SQLITE_MIGRATIONS, migrate_sqlite
 from serve_app.workflow.state import FAILED_ITEMS_SHOWN, MapProgress, RunState, RunStatus, StepState, StepStatus
 
@@ -509,6 +509,9 @@ class SqliteRunStore:
         return transaction(self._db, fn)
 
     async def create_run(self, run: RunState, spec_json: str, request_hash: str, owner: str, lease_s: float) -> tuple[RunState, bool]:
+        run_row = new_run_row(run, spec_json, request_hash, owner, self._clock() + lease_s)
+        step_rows = [(run.run_id, i, s.name, s.task_type, s.status.value) for i, s in enumerate(run.steps)]
+
         def op(db: sqlite3.Connection) -> tuple[str, bool]:
             if run.idempotency_key is not None:
                 row = db.execute(
@@ -518,17 +521,11 @@ class SqliteRunStore:
                     if row[1] != request_hash:
                         raise conflict(run.idempotency_key, row[0])
                     return row[0], False
-            db.execute(
-                f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES ({','.join('?' * INSERT_RUN_VALUES)})",
-                new_run_row(run, spec_json, request_hash, owner, self._clock() + lease_s),
-            )
-            db.executemany(
-                "INSERT INTO steps (run_id, position, name, task_type, status) VALUES (?,?,?,?,?)",
-                [(run.run_id, i, s.name, s.task_type, s.status.value) for i, s in enumerate(run.steps)],
-            )
+            db.execute(f"INSERT INTO runs ({INSERT_RUN_COLUMNS}) VALUES ({','.join('?' * INSERT_RUN_VALUES)})", run_row)
+            db.executemany("INSERT INTO steps (run_id, position, name, task_type, status) VALUES (?,?,?,?,?)", step_rows)
             return run.run_id, True
 
-        run_id, created = await self._io(lambda: self._tx(op), now=len(spec_json) <= INLINE_MAX_BYTES)
+        run_id, created = await self._io(lambda: self._tx(op), now=fits_inline([run_row, *step_rows]))
         if created:
             return run, True
         existing = await self.get_run(run_id)

@@ -158,6 +158,13 @@ async def test_the_sqlite_store_creates_and_reads_runs_on_the_loop_unless_the_da
     created, fresh = await creating
     assert fresh and created.run_id == "r2" and store._writes.inline == 2
     assert (await store.get_run("r2")) is not None and store._writes.inline == 3
+    # A run whose input is large is created in the thread, like any large write (its whole row
+    # counts, not only the definition's text).
+    big = run("r3").model_copy(update={"input": {"text": "x" * (INLINE_MAX_BYTES + 1)}})
+    created, fresh = await store.create_run(big, '{"name": "w", "steps": []}', "h", "o", 60)
+    assert fresh and store._writes.inline == 3
+    got = await store.get_run("r3")
+    assert got is not None and got.input == big.input
     await store.close()
 
 
