@@ -9,6 +9,10 @@ One Ray cluster, one run, alternating:
 * **serveflow, by reference**: the ``pair`` workflow (``make_blob`` → ``blob_stats``) started
   with ``wait`` over HTTP on the SQLite store; the bytes stay in Ray's object store and only a
   marker reaches the Coordinator and the database;
+* **serveflow, by reference, read from the object store**: the same with the pool's
+  ``reuse_results_bytes: 0``: the reader copies the value out of the object store, as it does
+  when it lands on another replica than the maker (with reuse on, the pool's one replica takes
+  the maker's ``bytes`` object itself: ``serve_app.runtime.recent``);
 * **serveflow, inline** (JSON text of the same size, ``result_by_ref_bytes: null``): what every
   result cost before, through the Coordinator's memory and the database (10 MB and below).
 
@@ -47,7 +51,7 @@ WORKFLOWS = [
 ]
 
 
-def app_args(store_path: str, threshold: int | None) -> dict[str, Any]:
+def app_args(store_path: str, threshold: int | None, *, reuse: bool = True) -> dict[str, Any]:
     return {
         "max_body_bytes": 1 << 20,
         "pools": {
@@ -57,6 +61,7 @@ def app_args(store_path: str, threshold: int | None) -> dict[str, Any]:
                 "task_types": ["make_blob", "blob_stats"],
                 "max_concurrency": 2,
                 "num_cpus": 0.1,
+                **({} if reuse else {"reuse_results_bytes": 0}),
             },
         },
         "workflows": {"store": "sqlite", "store_path": store_path, "definitions": WORKFLOWS, "result_by_ref_bytes": threshold},
@@ -99,7 +104,7 @@ def coordinator_pid() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sizes", default="0,1,10,100", help="MB (0: the fixed cost of a run, subtracted for the marginal ratio)")
     args = parser.parse_args()
     sizes = [int(s) * MB for s in args.sizes.split(",")]
@@ -145,8 +150,9 @@ def main() -> None:
     base: dict[str, tuple[float, float]] = {}  # mode -> medians at size 0
     try:
         with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=url, timeout=600) as http:
-            for mode, threshold in (("by reference", MB), ("inline", None)):
-                serve.run(build_app(app_args(f"{tmp}/{mode[:2]}.sqlite3", threshold)), name="serveflow", route_prefix="/")
+            modes = (("by reference", MB, True), ("by reference, read from the object store", MB, False), ("inline", None, True))
+            for i, (mode, threshold, reuse) in enumerate(modes):
+                serve.run(build_app(app_args(f"{tmp}/{i}.sqlite3", threshold, reuse=reuse)), name="serveflow", route_prefix="/")
                 wait_ready(url + "/readyz", 120)
                 pid = coordinator_pid()
                 for n in sizes:

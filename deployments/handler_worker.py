@@ -15,6 +15,7 @@ from serve_app.runtime.config import PoolConfig
 from serve_app.core.errors import Unavailable
 from serve_app.runtime.handlers import HandlerLoadError, HandlerRegistry
 from serve_app.core.models import ComponentStatus, HealthState, TaskResult, WorkItem
+from serve_app.runtime.recent import RecentValues
 from serve_app.runtime.runner import HandlerRunner
 
 logger = logging.getLogger("serveflow.worker")
@@ -47,6 +48,7 @@ class HandlerWorker:
             max_concurrency=self._config.max_concurrency,
             max_stuck_calls=self._config.max_stuck_calls,
             objects=RayObjects(),
+            recent=RecentValues(self._config.reuse_results_bytes) if self._config.reuse_results_bytes else None,
         )
 
     def _problem(self) -> str | None:
@@ -86,6 +88,7 @@ class HandlerWorker:
                 "stuck_calls": runner.stuck_calls if runner else 0,
                 "completed": runner.completed if runner else 0,
                 "failed": runner.failed if runner else 0,
+                "reused_results": runner.reused_results if runner else 0,
             },
         ).model_dump(mode="json")
 

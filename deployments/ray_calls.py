@@ -105,6 +105,9 @@ class RayObjects:
     def put(self, value: Any) -> ray.ObjectRef:
         return ray.put(value)
 
+    def key(self, handle: ray.ObjectRef) -> bytes:
+        return handle.binary()  # the id alone: holding it does not keep the object
+
     async def get(self, handle: Any) -> Any:
         try:
             return await handle

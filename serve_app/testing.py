@@ -65,6 +65,9 @@ class LocalObjects:
             raise ObjectLost(f"object {handle} is gone")
         return self.values[handle]
 
+    def key(self, handle: Any) -> Any:
+        return handle
+
     def clear(self) -> None:
         self.values.clear()
 

@@ -192,6 +192,10 @@ class WorkItem(BaseModel):
     # False when no later step reads the result (only the output or nobody): a result kept by
     # reference is then answered with its marker alone, and no object is made.
     keep_object: bool = True
+    # True when a step that reads the result is served by this pool: the worker may also hold a
+    # ``bytes`` result for a moment, so that a reader on the same replica takes it without a
+    # copy out of the object store (serve_app.runtime.recent).
+    keep_local: bool = False
     # Object references of upstream results kept by reference, by producing step: the worker
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
     refs: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -118,6 +118,13 @@ class PoolConfig(ReplicaOptions):
         "(threads cannot be killed; Serve replaces the replica to reclaim them).",
     )
     max_concurrency: int = Field(16, ge=1, le=1024, description="Threads for sync handlers per replica.")
+    reuse_results_bytes: int = Field(
+        268_435_456,
+        ge=0,
+        description="A workflow step's bytes result kept by reference that a step of this pool reads is also held "
+        "in the replica that made it, up to this many bytes in all and 10 s, so that a reader landing on that "
+        "replica takes it without a copy out of Ray's object store. 0: off.",
+    )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
 

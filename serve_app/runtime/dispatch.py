@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Collection, Mapping
 
 from serve_app.runtime import tracing
 from serve_app.runtime.config import AppConfig
@@ -105,16 +105,17 @@ class Dispatcher:
         by_ref_over: int | None = None,
         refs: Mapping[str, Any] | None = None,
         keep_object: bool = True,
+        reader_task_types: Collection[str] = (),
     ) -> TaskResult:
         """Run ``req`` and return its envelope (success or structured failure). Workflow steps
-        pass ``by_ref_over`` (keep a larger result in Ray's object store) and the ``refs`` of
-        upstream results kept there."""
+        pass ``by_ref_over`` (keep a larger result in Ray's object store), the ``refs`` of
+        upstream results kept there and the task types of the steps that read the result."""
         started = time.perf_counter()
         task_id = req.task_id or uuid.uuid4().hex
         with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
             trace_id = tracing.trace_id_hex(span)
             try:
-                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object)
+                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object, reader_task_types)
             except Exception as exc:
                 # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
@@ -147,7 +148,13 @@ class Dispatcher:
         raise AssertionError("unreachable")
 
     async def _run(
-        self, req: TaskRequest, task_id: str, by_ref_over: int | None, refs: Mapping[str, Any], keep_object: bool
+        self,
+        req: TaskRequest,
+        task_id: str,
+        by_ref_over: int | None,
+        refs: Mapping[str, Any],
+        keep_object: bool,
+        reader_task_types: Collection[str],
     ) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
@@ -164,6 +171,7 @@ class Dispatcher:
             trace_context=tracing.inject(),
             by_ref_over=by_ref_over,
             keep_object=keep_object,
+            keep_local=by_ref_over is not None and any(self._routes.get(t) == pool for t in reader_task_types),
             refs=dict(refs),
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0

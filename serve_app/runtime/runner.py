@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Protocol
+from typing import Any, Hashable, Mapping, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -30,6 +30,7 @@ from serve_app.core.errors import (
     validation_details,
 )
 from serve_app.runtime.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
+from serve_app.runtime.recent import RecentValues
 from serve_app.core.models import TaskResult, WorkItem
 
 logger = logging.getLogger("serveflow.runner")
@@ -50,6 +51,9 @@ class ObjectStore(Protocol):
     async def get(self, handle: Any) -> Any:
         """The value behind ``handle``; :class:`ObjectLost` when it is gone."""
 
+    def key(self, handle: Any) -> Hashable:
+        """An identity of ``handle`` that does not keep its object alive."""
+
 
 class HandlerRunner:
     """Executes handlers from one registry with deadlines and failure isolation."""
@@ -61,9 +65,12 @@ class HandlerRunner:
         max_concurrency: int,
         max_stuck_calls: int,
         objects: ObjectStore | None = None,
+        recent: RecentValues | None = None,
     ) -> None:
         self._registry = registry
         self._objects = objects
+        # ``bytes`` results kept by reference, held a moment for a reader on this replica.
+        self._recent = recent
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="serveflow-handler")
         self._max_stuck = max_stuck_calls
         self._stuck = 0
@@ -75,6 +82,11 @@ class HandlerRunner:
     def stuck_calls(self) -> int:
         return self._stuck
 
+    @property
+    def reused_results(self) -> int:
+        """Kept ``bytes`` results a reader on this replica took without a copy out of the object store."""
+        return self._recent.taken if self._recent is not None else 0
+
     def health_problem(self) -> str | None:
         """Why this runner cannot do its job, or None."""
         if self._stuck >= self._max_stuck:
@@ -83,6 +95,8 @@ class HandlerRunner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._recent is not None:
+            self._recent.clear()
 
     async def run(self, item: WorkItem, *, attributes: dict[str, Any] | None = None) -> TaskResult:
         """Run ``item``; always returns an envelope, never raises for handler faults.
@@ -147,15 +161,25 @@ class HandlerRunner:
                 return value, None
             if not item.keep_object:
                 return result_refs.marker(*kept), None  # no step reads it: the marker is all anyone sees
-            return result_refs.marker(*kept), await asyncio.to_thread(self._objects.put, value)
+            handle = await asyncio.to_thread(self._objects.put, value)
+            if item.keep_local and self._recent is not None:
+                self._recent.keep(self._objects.key(handle), value)
+            return result_refs.marker(*kept), handle
         return self._renderable(item, value), None
 
     async def _fetch(self, handles: Mapping[str, Any]) -> dict[str, Any]:
         """The values of upstream results kept by reference, by producing step."""
-        if self._objects is None:
+        objects = self._objects
+        if objects is None:
             raise Unavailable("this pool cannot read results kept by reference")
+        recent = self._recent
+
+        async def get(handle: Any) -> Any:
+            value = recent.take(objects.key(handle)) if recent is not None else None
+            return value if value is not None else await objects.get(handle)
+
         steps = list(handles)
-        values = await asyncio.gather(*(self._objects.get(handles[s]) for s in steps), return_exceptions=True)
+        values = await asyncio.gather(*(get(handles[s]) for s in steps), return_exceptions=True)
         for step, value in zip(steps, values, strict=True):
             if isinstance(value, ObjectLost):
                 raise result_refs.lost(step, "is no longer in Ray's object store (its worker or node is gone)")

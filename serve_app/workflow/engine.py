@@ -54,7 +54,7 @@ from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
-SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True)
+SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=())
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
 _CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
@@ -899,6 +899,7 @@ class RunEngine:
                 by_ref_over=kept.by_ref_over(step),
                 refs=kept.inputs(step.name, results),
                 keep_object=kept.read_by_a_step(step.name),
+                reader_task_types=kept.reader_task_types(step.name),
             )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:

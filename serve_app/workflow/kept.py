@@ -37,6 +37,7 @@ class KeptResults:
         # step -> the steps whose results its input reads (ordering alone needs no value)
         self._reads = spec.input_reads()
         self._read = spec.read_by_steps()
+        self._reader_types = spec.reader_task_types()
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -48,6 +49,11 @@ class KeptResults:
         """Whether a later step reads this step's result. If not (only the output, or nobody),
         its worker need not keep the value: the marker is all the store and the API ever show."""
         return step in self._read
+
+    def reader_task_types(self, step: str) -> frozenset[str]:
+        """The task types of the steps that read this step's result (their pools may take a
+        ``bytes`` result from the replica that made it, without a copy)."""
+        return self._reader_types.get(step, frozenset())
 
     def _kept_inputs(self, step: str, results: Mapping[str, Any]) -> list[str]:
         return sorted(d for d in self._reads.get(step, ()) if result_refs.step_of(results.get(d)) == d)

@@ -314,6 +314,19 @@ class WorkflowSpec(_Strict):
     def _read_by_steps(self) -> frozenset[str]:
         return frozenset().union(*self._input_reads.values())
 
+    def reader_task_types(self) -> Mapping[str, frozenset[str]]:
+        """step -> the task types of the steps whose input reads its result."""
+        return self._reader_task_types
+
+    @cached_property
+    def _reader_task_types(self) -> Mapping[str, frozenset[str]]:
+        types: dict[str, set[str]] = {}
+        for s in self.steps:
+            for read in self._input_reads[s.name]:
+                if s.task_type is not None:
+                    types.setdefault(read, set()).add(s.task_type)
+        return {name: frozenset(t) for name, t in types.items()}
+
     def final_steps(self) -> list[str]:
         return list(self._final_steps)
 

@@ -38,6 +38,13 @@ def test_a_large_result_goes_by_reference_over_http_and_grpc(serve_instance: dic
     assert stored.status_code == 200 and len(stored.content) < 10_000  # 20 MB never reached the store
     listed = http.get("/v1/runs", params={"workflow": "big_result"})
     assert listed.status_code == 200 and len(listed.content) < 100_000
+    # The reader runs on the compute pool's one replica, which made the bytes: it took them from
+    # its own memory, not out of the object store (reported by the worker's status probe).
+    wait_until(
+        lambda: http.get("/v1/status").json()["pools"]["compute"]["details"]["reported"]["details"]["reused_results"] >= 1,
+        30,
+        what="the compute worker to report a reused result",
+    )
     with ServeflowClient(serve_instance["grpc"], application="serveflow") as client:
         run = client.start_run("big_result", {"size": 3 * MB, "pause": 0}, wait=True)
         assert run.success and run.run is not None

@@ -12,9 +12,11 @@ from typing import Any, AsyncIterator
 import pytest
 
 from serve_app.core import jsonio, result_refs
-from serve_app.core.models import WorkItem
+from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.runtime.config import AppConfig
+from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.runtime.handlers import HandlerRegistry
+from serve_app.runtime.recent import RecentValues
 from serve_app.runtime.runner import HandlerRunner
 from serve_app.testing import LocalObjects, in_process_dispatcher
 from serve_app.workflow import WorkflowSpec, validate
@@ -337,3 +339,76 @@ async def test_a_run_that_parks_between_producer_and_reader_makes_the_result_aga
     run = await engine.wait(run.run_id, 20)
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.step("make").attempts == 2 and run.step("stats").result["bytes"] == 1000
+
+
+class CountingObjects(LocalObjects):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, handle: Any) -> Any:
+        self.reads += 1
+        return await super().get(handle)
+
+
+async def test_a_reader_on_the_same_worker_takes_a_bytes_result_without_the_object_store() -> None:
+    objects = CountingObjects()
+    registry = HandlerRegistry.from_modules(["serve_app.examples.compute", "tests.unit.byref_handlers"], ["make_blob", "blob_stats", "big_json", "text_length"])
+    runner = HandlerRunner(registry, max_concurrency=2, max_stuck_calls=2, objects=objects, recent=RecentValues(64 * MB))
+
+    def item(task_type: str, payload: dict[str, Any], **kw: Any) -> WorkItem:
+        return WorkItem(task_id=uuid.uuid4().hex, task_type=task_type, payload=payload, timeout_s=5, **kw)
+
+    def read(handle: Any) -> WorkItem:
+        return item("blob_stats", {"data": result_refs.marker(3 * MB, "bytes", "make")}, refs={"make": handle})
+
+    made = await runner.run(item("make_blob", {"size": 3 * MB}, by_ref_over=MB, keep_local=True))
+    assert objects.values[made._object_ref] == bytes(3 * MB)  # in the object store all the same
+    first = await runner.run(read(made._object_ref))
+    assert first.success and first.result["bytes"] == 3 * MB
+    assert objects.reads == 0 and runner.reused_results == 1  # taken from this replica's memory
+    second = await runner.run(read(made._object_ref))  # a second reader (or a retry) reads the store
+    assert second.result == first.result and objects.reads == 1
+
+    elsewhere = await runner.run(item("make_blob", {"size": 3 * MB}, by_ref_over=MB))  # no reader in this pool
+    await runner.run(read(elsewhere._object_ref))
+    assert objects.reads == 2 and runner.reused_results == 1
+    kept_json = await runner.run(item("big_json", {"size": 2000}, by_ref_over=1000, keep_local=True))
+    text = await runner.run(item("text_length", {"doc": result_refs.marker(2011, "json", "make")}, refs={"make": kept_json._object_ref}))
+    assert text.success and objects.reads == 3 and runner.reused_results == 1  # JSON values are mutable: never held
+    runner.close()
+
+
+async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served_by_the_same_pool() -> None:
+    config = AppConfig.from_args(ARGS)
+    board = ReadinessBoard()
+    board.update({p: {"ready": True, "status": "healthy"} for p in config.pools})
+    seen: list[WorkItem] = []
+
+    async def call(pool: str, work: WorkItem) -> TaskResult:
+        seen.append(work)
+        return TaskResult(success=True)
+
+    d = Dispatcher(config, board, call)
+    make = TaskRequest(task_type="make_blob", payload={"size": 1})
+    await d.submit(make, by_ref_over=MB, reader_task_types={"echo", "blob_stats"})
+    await d.submit(make, by_ref_over=MB, reader_task_types={"echo"})  # read in another pool only
+    await d.submit(make, reader_task_types={"blob_stats"})  # not a step that keeps its result
+    assert [w.keep_local for w in seen] == [True, False, False]
+
+
+def test_the_task_types_that_read_a_result() -> None:
+    s = spec(
+        "readers",
+        [
+            MAKE,
+            STATS,
+            {"name": "shout", "task_type": "echo", "input": {"message": "${steps.make.result}"}},
+            {"name": "after", "task_type": "echo", "input": {"message": "x"}, "depends_on": ["make"]},  # order only
+            {"name": "kid", "workflow": "pair", "input": {"size": "${steps.stats.result.bytes}"}},
+        ],
+    )
+    readers = s.reader_task_types()
+    assert readers["make"] == {"blob_stats", "echo"}
+    assert "stats" not in readers  # read by a child run only, which has no task type
+    assert "after" not in readers and "shout" not in readers

@@ -32,6 +32,7 @@ def test_references_add_dependencies() -> None:
     assert spec.dependencies() is spec.dependencies() and isinstance(spec.dependencies()["c"], frozenset)
     assert spec.input_reads() == {"a": set(), "b": {"a"}, "c": {"b"}} and spec.read_by_steps() == {"a", "b"}
     assert spec.passable_by_reference() == {"b", "c"}  # a's result is read by a path into it: inline
+    assert spec.reader_task_types() == {"a": {"echo"}, "b": {"echo"}} and spec.reader_task_types() is spec.reader_task_types()
     assert set(spec.model_dump()) == set(type(spec).model_fields) and "_dependencies" not in spec.model_dump_json()
     assert type(spec).model_validate_json(spec.model_dump_json()) == spec
 

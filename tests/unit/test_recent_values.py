@@ -1,0 +1,48 @@
+"""RecentValues: bytes results held a moment for a reader on the replica that made them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.runtime.recent import RecentValues
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_only_bytes_are_held_and_the_first_reader_takes_the_object_itself() -> None:
+    recent = RecentValues(100)
+    value = bytes(10)
+    assert recent.keep("a", value)
+    assert not recent.keep("b", bytearray(10))  # mutable: a reader could change what another sees
+    assert not recent.keep("c", {"x": 1}) and not recent.keep("d", "text")
+    assert len(recent) == 1 and recent.nbytes == 10
+    assert recent.take("a") is value  # no copy
+    assert recent.take("a") is None  # a second reader reads the object store
+    assert recent.take("missing") is None
+    assert recent.taken == 1 and recent.nbytes == 0 and len(recent) == 0
+
+
+async def test_oldest_values_go_first_beyond_max_bytes_and_a_larger_one_is_not_held() -> None:
+    recent = RecentValues(25)
+    for key in ("a", "b", "c"):
+        recent.keep(key, bytes(10))
+    assert recent.take("a") is None and recent.nbytes == 20  # "a" made room for "c"
+    assert not recent.keep("huge", bytes(26))
+    assert recent.take("b") is not None and recent.take("c") is not None
+    recent.keep("d", bytes(10))
+    recent.keep("d", bytes(5))  # kept again: replaced, counted once
+    assert recent.nbytes == 5 and len(recent) == 1
+
+
+async def test_a_value_nobody_reads_is_dropped_after_its_ttl() -> None:
+    recent = RecentValues(100, ttl_s=0.05)
+    recent.keep("a", bytes(10))
+    recent.keep("b", bytes(10))
+    assert recent.take("b") is not None  # taken: its timer is cancelled
+    await asyncio.sleep(0.2)
+    assert len(recent) == 0 and recent.nbytes == 0 and recent.take("a") is None
+    recent.keep("c", bytes(3))
+    recent.clear()
+    assert len(recent) == 0 and recent.nbytes == 0
