@@ -57,6 +57,7 @@ logger = logging.getLogger("serveflow.workflow")
 SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=())
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
+_DONE_READING = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})  # a reader that needs its inputs no more
 _CANCELLED = ErrorInfo(code=ErrorCode.CANCELLED.value, message="run was cancelled", retryable=False)
 # How often a parent looks at a child run that another Coordinator drives.
 _CHILD_POLL_S = 0.25
@@ -681,6 +682,7 @@ class RunEngine:
         with tracing.start_span(f"Step:{spec.name}.{step.name}", attributes={"serveflow.run_id": run.run_id}):
             lease = self._lease(run.run_id)
             if not await self._condition_holds(run, step, st, results, lease):
+                self._release_read(run, st)
                 return st
             st.status, st.error = StepStatus.RUNNING, None
             st.started_at = st.started_at or self._clock()
@@ -695,9 +697,25 @@ class RunEngine:
                 st.status = StepStatus.SUCCEEDED if res.success else StepStatus.FAILED
                 st.result, st.error = (res.result, None) if res.success else (None, res.error)
             st.finished_at = self._clock()
+            self._release_read(run, st)
             if carry is None:
                 await self._store.save_step(run.run_id, st, lease)
             return st
+
+    def _release_read(self, run: RunState, st: StepState) -> None:
+        """A step that succeeded or was skipped no longer needs the results kept by reference
+        that it read: each goes as soon as all its readers are done, not with the run."""
+        kept = self._kept.get(run.run_id)
+        if kept is None or st.status not in _DONE_READING:
+            return
+        statuses: dict[str, StepStatus] = {}
+
+        def done(name: str) -> bool:  # asked only when the step read a result still held
+            if not statuses:
+                statuses.update((s.name, s.status) for s in run.steps)
+            return statuses.get(name) in _DONE_READING
+
+        kept.release_read(st.name, done)
 
     async def _run_map(self, run: RunState, step: StepSpec, st: StepState, results: dict[str, Any], lease: Lease) -> None:
         """Run the step once per element, at most ``max_parallel`` at once, recording each finished

@@ -7,7 +7,8 @@ worker gets the reference and reads the value straight from the object store,
 so it never passes through the Coordinator or the database.
 
 Durability: a reference lives as long as the worker that made the value (and
-its node) and this engine's hold on it. When the run stops being driven here
+its node) and this engine's hold on it, which ends once every step that reads it
+is done (succeeded or skipped). When the run stops being driven here
 (it ends, parks, its Coordinator restarts or loses the lease) the references
 go, and the objects with them. A step that needs a result that is gone has its
 producer run again first (:meth:`RunEngine._remake`): at-least-once, like any
@@ -17,7 +18,7 @@ step in flight at a crash.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from serve_app.core import result_refs
 from serve_app.core.models import TaskResult
@@ -38,6 +39,7 @@ class KeptResults:
         self._reads = spec.input_reads()
         self._read = spec.read_by_steps()
         self._reader_types = spec.reader_task_types()
+        self._readers = spec.readers()
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -81,6 +83,16 @@ class KeptResults:
 
     def forget(self, step: str) -> None:
         self._refs.pop(step, None)
+
+    def release_read(self, step: str, done: Callable[[str], bool]) -> list[str]:
+        """``step`` is done (succeeded or skipped): let go of each result it read whose readers
+        are all ``done``, so that the object store frees it now, not when the run ends. Returns
+        the steps let go of."""
+        held = [d for d in self._reads.get(step, ()) if d in self._refs]
+        released = [d for d in held if all(map(done, self._readers.get(d, ())))] if held else held
+        for d in released:
+            del self._refs[d]
+        return released
 
     def lock(self, step: str) -> asyncio.Lock:
         """One remake of ``step`` at a time, however many dependants find it gone."""

@@ -314,18 +314,26 @@ class WorkflowSpec(_Strict):
     def _read_by_steps(self) -> frozenset[str]:
         return frozenset().union(*self._input_reads.values())
 
+    def readers(self) -> Mapping[str, frozenset[str]]:
+        """step -> the steps whose input reads its result (only steps some step reads)."""
+        return self._readers
+
+    @cached_property
+    def _readers(self) -> Mapping[str, frozenset[str]]:
+        readers: dict[str, set[str]] = {}
+        for s in self.steps:
+            for read in self._input_reads[s.name]:
+                readers.setdefault(read, set()).add(s.name)
+        return {name: frozenset(r) for name, r in readers.items()}
+
     def reader_task_types(self) -> Mapping[str, frozenset[str]]:
         """step -> the task types of the steps whose input reads its result."""
         return self._reader_task_types
 
     @cached_property
     def _reader_task_types(self) -> Mapping[str, frozenset[str]]:
-        types: dict[str, set[str]] = {}
-        for s in self.steps:
-            for read in self._input_reads[s.name]:
-                if s.task_type is not None:
-                    types.setdefault(read, set()).add(s.task_type)
-        return {name: frozenset(t) for name, t in types.items()}
+        task_types = {s.name: s.task_type for s in self.steps if s.task_type is not None}
+        return {name: frozenset(task_types[r] for r in readers if r in task_types) for name, readers in self._readers.items()}
 
     def final_steps(self) -> list[str]:
         return list(self._final_steps)

@@ -31,3 +31,9 @@ def big_json(payload: dict[str, Any]) -> dict[str, Any]:
 def text_length(payload: dict[str, Any]) -> dict[str, Any]:
     """Reads a big_json result whole."""
     return {"length": len(payload["doc"]["text"])}
+
+
+@handler("blob_echo")
+def blob_echo(payload: dict[str, Any]) -> bytes:
+    """The bytes it was given (a result read by reference, passed on as a new one)."""
+    return bytes(payload["data"])

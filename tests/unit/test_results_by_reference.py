@@ -21,6 +21,7 @@ from serve_app.runtime.runner import HandlerRunner
 from serve_app.testing import LocalObjects, in_process_dispatcher
 from serve_app.workflow import WorkflowSpec, validate
 from serve_app.workflow.engine import RunEngine
+from serve_app.workflow.kept import KeptResults
 from serve_app.workflow.state import RunStatus, StepStatus
 from tests.conftest import STORE_KINDS, StoreFactory
 
@@ -32,7 +33,7 @@ ARGS = {
         "general": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["echo", "sleep"]},
         "blobs": {
             "handler_modules": ["serve_app.examples.compute", "tests.unit.byref_handlers"],
-            "task_types": ["make_blob", "blob_stats", "blob_once", "big_json", "text_length"],
+            "task_types": ["make_blob", "blob_stats", "blob_once", "big_json", "text_length", "blob_echo"],
         },
     },
 }
@@ -71,6 +72,13 @@ WORKFLOWS = {
             "mapped_readers",  # every element of a map reads the kept result whole
             [MAKE, {"name": "each", "task_type": "blob_stats", "map": {"over": "${input.items}"},
                     "input": {"data": "${steps.make.result}"}}],
+        ),
+        spec(
+            "relay",  # make is read by relay and by a skipped step; relay is read after a pause
+            [MAKE, {"name": "relay", "task_type": "blob_echo", "input": {"data": "${steps.make.result}"}},
+             {"name": "gated", "task_type": "blob_stats", "input": {"data": "${steps.make.result}"}, "when": "input.size > `1000000000`"},
+             {"name": "pause", "task_type": "sleep", "input": {"seconds": "${input.pause}"}, "depends_on": ["relay"]},
+             {"name": "stats", "task_type": "blob_stats", "input": {"data": "${steps.relay.result}"}, "depends_on": ["pause"]}],
         ),
         spec("napping", [MAKE, {"name": "nap", "sleep": 0.3, "depends_on": ["make"]}, {**STATS, "depends_on": ["nap"]}]),
         spec(
@@ -408,7 +416,37 @@ def test_the_task_types_that_read_a_result() -> None:
             {"name": "kid", "workflow": "pair", "input": {"size": "${steps.stats.result.bytes}"}},
         ],
     )
-    readers = s.reader_task_types()
-    assert readers["make"] == {"blob_stats", "echo"}
-    assert "stats" not in readers  # read by a child run only, which has no task type
-    assert "after" not in readers and "shout" not in readers
+    types = s.reader_task_types()
+    assert types["make"] == {"blob_stats", "echo"}
+    assert types["stats"] == set()  # read by a child run only, which has no task type
+    assert "after" not in types and "shout" not in types
+    assert s.readers() == {"make": {"stats", "shout"}, "stats": {"kid"}}
+
+
+async def test_a_kept_result_is_let_go_once_every_step_that_reads_it_is_done(setup: Any) -> None:
+    """Not held until the run ends: a chain of large results keeps only what a step still needs."""
+    make_engine, _ = setup
+    engine = await make_engine()
+    run, _ = await engine.start("relay", {"size": 1000, "pause": 0.3})
+    await _until_running(engine, run.run_id, "pause")
+    kept = engine._kept[run.run_id]
+    assert not kept.held("make")  # read by relay (succeeded) and by gated (skipped): let go
+    assert kept.held("relay")  # stats reads it after the pause
+    run = await engine.wait(run.run_id, 20)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.step("gated").status is StepStatus.SKIPPED and run.step("stats").result["bytes"] == 1000
+    assert run.step("make").attempts == 1  # never needed again, so never made again
+
+
+def test_release_read_lets_go_only_when_all_readers_are_done() -> None:
+    s = WORKFLOWS["two_readers"]
+    kept = KeptResults(s, MB)
+    made = TaskResult(success=True, result=result_refs.marker(10, "bytes"))
+    made._object_ref = "ref"
+    kept.keep("make", made)
+    assert kept.held("make")
+    done = {"stats"}
+    assert kept.release_read("stats", done.__contains__) == [] and kept.held("make")  # stats2 still reads it
+    done.add("stats2")
+    assert kept.release_read("stats2", done.__contains__) == ["make"] and not kept.held("make")
+    assert kept.release_read("pause", done.__contains__) == []  # reads nothing
