@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from typing import Any
 
 import ray
@@ -17,7 +16,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostErro
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from serve_app.runtime.health import summarize
+from serve_app.runtime.health import deployment_states
 from serve_app.core.aio import within
 from serve_app.core.codec import over_message_limit
 from serve_app.core.errors import Cancelled, Internal, Overloaded, PayloadTooLarge, ServeflowError, Unavailable
@@ -130,24 +129,10 @@ def serve_deployment_states() -> dict[str, dict[str, Any]]:
     state, message, replicas by state and the target replica count (autoscaling's current goal).
 
     ``serve.status()`` is built from these same details but drops the target, so they are
-    read the way it reads them (one controller call either way)."""
+    read from the controller's details (one controller call either way)."""
     from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeInstanceDetails
 
-    app_name = serve.get_replica_context().app_name
-    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
-    app = details.applications.get(app_name)
-    if app is None:
-        return {}
-    return {
-        name: {
-            "status": str(getattr(d.status, "value", d.status)),
-            "message": summarize(d.message) or "",
-            "replica_states": dict(Counter(str(getattr(r.state, "value", r.state)) for r in d.replicas)),
-            "target_replicas": d.target_num_replicas,
-        }
-        for name, d in app.deployments.items()
-    }
+    return deployment_states(_get_global_client().get_serve_details(), serve.get_replica_context().app_name)
 
 
 def cluster_resources() -> tuple[dict[str, float], dict[str, float], list[dict[str, Any]]]:

@@ -39,6 +39,36 @@ def summarize(text: str | None) -> str | None:
     return summary[:_MAX_ERROR_CHARS]
 
 
+def deployment_states(details: Mapping[str, Any], app_name: str) -> dict[str, dict[str, Any]]:
+    """Serve's view of every deployment of ``app_name``, from the controller's instance details
+    as Serve hands them out (the JSON of its REST API, ``ServeInstanceDetails``): state, message,
+    replicas by state and the target replica count (autoscaling's current goal).
+
+    Read as JSON, not rebuilt as Serve's pydantic models: that rebuild pickles every
+    deployment's request router class again, which was 40 % of an idle OrganismManager's CPU."""
+    app = (details.get("applications") or {}).get(app_name)
+    if not app:
+        return {}
+    states: dict[str, dict[str, Any]] = {}
+    for name, d in (app.get("deployments") or {}).items():
+        replicas: dict[str, int] = {}
+        for replica in d.get("replicas") or ():
+            state = _value(replica.get("state"))
+            replicas[state] = replicas.get(state, 0) + 1
+        states[name] = {
+            "status": _value(d.get("status", "")),
+            "message": summarize(d.get("message")) or "",
+            "replica_states": replicas,
+            "target_replicas": d.get("target_num_replicas"),
+        }
+    return states
+
+
+def _value(state: Any) -> str:
+    """An enum member's value (Serve's details hold its str enums, not their text), or the text."""
+    return str(getattr(state, "value", state))
+
+
 class ComponentTracker:
     """Tracks one component (a pool, the metrics collector, ...)."""
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from serve_app.runtime.health import ChangeFeed, ComponentTracker, rollup
+from serve_app.runtime.health import ChangeFeed, ComponentTracker, deployment_states, rollup
 from serve_app.core.models import ComponentStatus, HealthState
 
 
@@ -144,3 +144,46 @@ async def test_change_feed_long_poll() -> None:
     again.publish({"general": {"ready": True}})
     assert again.version != v2 and again.version.endswith(".1")
     assert await asyncio.wait_for(again.read(version, wait_s=10), 1) == (again.version, {"general": {"ready": True}})
+
+
+def test_deployment_states_read_serves_details_as_json() -> None:
+    """The controller's details hold Serve's str enums (or their text, once through JSON)."""
+    from enum import Enum
+
+    class DeploymentStatus(str, Enum):
+        HEALTHY = "HEALTHY"
+        UNHEALTHY = "UNHEALTHY"
+
+    class ReplicaState(str, Enum):
+        RUNNING = "RUNNING"
+        STARTING = "STARTING"
+
+    details = {
+        "applications": {
+            "serveflow": {
+                "deployments": {
+                    "Coordinator": {
+                        "status": DeploymentStatus.HEALTHY,
+                        "message": "",
+                        "replicas": [{"state": ReplicaState.RUNNING}, {"state": ReplicaState.STARTING}, {"state": "RUNNING"}],
+                        "target_num_replicas": 3,
+                    },
+                    "HandlerWorker_general": {
+                        "status": "UNHEALTHY",
+                        "message": "replica failed\nTraceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom",
+                    },
+                }
+            }
+        }
+    }
+    states = deployment_states(details, "serveflow")
+    assert states["Coordinator"] == {
+        "status": "HEALTHY",
+        "message": "",
+        "replica_states": {"RUNNING": 2, "STARTING": 1},
+        "target_replicas": 3,
+    }
+    general = states["HandlerWorker_general"]
+    assert general["status"] == "UNHEALTHY" and general["replica_states"] == {} and general["target_replicas"] is None
+    assert general["message"] == "replica failed ValueError: boom"  # never the frames
+    assert deployment_states(details, "other") == {} and deployment_states({}, "serveflow") == {}
