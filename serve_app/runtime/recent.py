@@ -43,31 +43,31 @@ class RecentValues:
         no larger than ``max_bytes``. Call on the event loop."""
         if type(value) is not bytes or len(value) > self.max_bytes:
             return False
-        self._drop(key)
+        self._pop(key)
         while self._values and self.nbytes + len(value) > self.max_bytes:
-            self._drop(next(iter(self._values)))
-        timer = asyncio.get_running_loop().call_later(self.ttl_s, self._drop, key)
+            self._pop(next(iter(self._values)))
+        timer = asyncio.get_running_loop().call_later(self.ttl_s, self._pop, key)
         self._values[key] = (value, timer)
         self.nbytes += len(value)
         return True
 
     def take(self, key: Hashable) -> bytes | None:
         """The value held for ``key`` (no longer held), or None."""
+        value = self._pop(key)
+        if value is not None:
+            self.taken += 1
+        return value
+
+    def clear(self) -> None:
+        for key in list(self._values):
+            self._pop(key)
+
+    def _pop(self, key: Hashable) -> bytes | None:
+        """Stop holding ``key``'s value (its timer too); the value, or None if none was held."""
         entry = self._values.pop(key, None)
         if entry is None:
             return None
         value, timer = entry
         timer.cancel()
         self.nbytes -= len(value)
-        self.taken += 1
         return value
-
-    def clear(self) -> None:
-        for key in list(self._values):
-            self._drop(key)
-
-    def _drop(self, key: Hashable) -> None:
-        entry = self._values.pop(key, None)
-        if entry is not None:
-            entry[1].cancel()
-            self.nbytes -= len(entry[0])

@@ -89,7 +89,7 @@ class KeptResults:
         are all ``done``, so that the object store frees it now, not when the run ends. Returns
         the steps let go of."""
         held = [d for d in self._reads.get(step, ()) if d in self._refs]
-        released = [d for d in held if all(map(done, self._readers.get(d, ())))] if held else held
+        released = [d for d in held if all(map(done, self._readers.get(d, ())))]
         for d in released:
             del self._refs[d]
         return released
