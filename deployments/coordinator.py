@@ -198,6 +198,8 @@ class Coordinator:
         if item.refs:
             body["refs"] = item.refs  # object references travel as themselves, not as JSON
         handle = (self._pools_by_ref if item.moves_object_refs else self._pools)[pool]
+        if item.affinity is not None:
+            handle = handle.options(session_id=item.affinity)  # the pool's router keys on it
         raw = await await_response(handle.run.remote(body), target=pool_deployment_name(pool))
         object_ref = raw.pop("object_ref", None)
         result = TaskResult.model_validate(raw)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.affinity_router import AFFINITY_ROUTER
 from deployments.coordinator import Coordinator
 from deployments.handler_worker import HandlerWorker
 from deployments.metrics import MetricsCollector
@@ -38,6 +39,7 @@ def build_app(args: dict[str, Any]) -> Application:
             max_ongoing_requests=pool.max_ongoing_requests,
             max_queued_requests=pool.max_queued_requests,
             **with_env(pool.deployment_options(), replica_env),
+            **({"request_router_config": {"request_router_class": AFFINITY_ROUTER}} if pool.result_affinity else {}),
         ).bind(name, pool.model_dump(mode="json"), exporter)
         for name, pool in config.pools.items()
     }

@@ -78,6 +78,10 @@ class ReplicaOptions(_Strict):
     def can_scale_to_zero(self) -> bool:
         return self.autoscaling_config is not None and self.autoscaling_config.min_replicas == 0
 
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling_config.max_replicas if self.autoscaling_config is not None else self.num_replicas or 1
+
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Deployment.options`` for these settings (no Ray import here)."""
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
@@ -123,10 +127,18 @@ class PoolConfig(ReplicaOptions):
         ge=0,
         description="A workflow step's bytes result kept by reference that a step of this pool reads is also held "
         "in the replica that made it, up to this many bytes in all and 10 s, so that a reader landing on that "
-        "replica takes it without a copy out of Ray's object store. 0: off.",
+        "replica takes it without a copy out of Ray's object store. With several replicas, the calls that make "
+        "and read a run's results kept by reference go to one replica chosen by the run's id (other calls are "
+        "routed as Serve routes them). 0: off.",
     )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
+
+    @property
+    def result_affinity(self) -> bool:
+        """Whether a run's by-reference makers and readers are routed to one replica by key
+        (``WorkItem.affinity``): reuse is on and the pool can have several replicas."""
+        return self.reuse_results_bytes > 0 and self.max_replicas > 1
 
 
 class WorkflowsConfig(_Strict):

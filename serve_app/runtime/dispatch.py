@@ -106,16 +106,19 @@ class Dispatcher:
         refs: Mapping[str, Any] | None = None,
         keep_object: bool = True,
         reader_task_types: Collection[str] = (),
+        affinity: str | None = None,
     ) -> TaskResult:
         """Run ``req`` and return its envelope (success or structured failure). Workflow steps
         pass ``by_ref_over`` (keep a larger result in Ray's object store), the ``refs`` of
-        upstream results kept there and the task types of the steps that read the result."""
+        upstream results kept there, the task types of the steps that read the result and the
+        run's ``affinity`` key (used only when this call makes or reads such a result in a pool
+        that routes by it)."""
         started = time.perf_counter()
         task_id = req.task_id or uuid.uuid4().hex
         with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
             trace_id = tracing.trace_id_hex(span)
             try:
-                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object, reader_task_types)
+                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object, reader_task_types, affinity)
             except Exception as exc:
                 # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
@@ -155,6 +158,7 @@ class Dispatcher:
         refs: Mapping[str, Any],
         keep_object: bool,
         reader_task_types: Collection[str],
+        affinity: str | None,
     ) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
@@ -163,6 +167,7 @@ class Dispatcher:
             )
         self._readiness.check(pool)
         deadline = self.deadline_for(pool, req.timeout_s)
+        keep_local = by_ref_over is not None and any(self._routes.get(t) == pool for t in reader_task_types)
         item = WorkItem(
             task_id=task_id,
             task_type=req.task_type,
@@ -171,8 +176,9 @@ class Dispatcher:
             trace_context=tracing.inject(),
             by_ref_over=by_ref_over,
             keep_object=keep_object,
-            keep_local=by_ref_over is not None and any(self._routes.get(t) == pool for t in reader_task_types),
+            keep_local=keep_local,
             refs=dict(refs),
+            affinity=affinity if (keep_local or refs) and self._config.pools[pool].result_affinity else None,
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0
         if self._observer is not None:

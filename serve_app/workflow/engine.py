@@ -54,7 +54,7 @@ from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
-SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=())
+SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=(), affinity=None)
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
 _DONE_READING = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})  # a reader that needs its inputs no more
@@ -918,6 +918,7 @@ class RunEngine:
                 refs=kept.inputs(step.name, results),
                 keep_object=kept.read_by_a_step(step.name),
                 reader_task_types=kept.reader_task_types(step.name),
+                affinity=run.run_id,
             )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:

@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from ray import serve
 
+from graphs.serveflow import build_app
 from serve_app.client.sdk import ServeflowClient
 from tests.integration.conftest import wait_until
 from tests.integration.faults import pool_settled, replica_actors
@@ -66,6 +68,53 @@ def test_a_task_answer_over_4_mib_gets_through_over_http_and_grpc(serve_instance
     run = http.post("/v1/workflows/big_inline/runs", json={"input": {"size": size}, "wait": True}).json()["run"]
     assert run["status"] == "succeeded", run["error"]
     assert run["output"] == {"bytes": size, "adler32": zlib.adler32(b"x" * size)}
+
+
+AFFINITY_ARGS: dict[str, Any] = {
+    "pools": {
+        "blobs": {"handler_modules": ["serve_app.examples.compute"], "task_types": ["make_blob", "blob_stats"], "num_replicas": 2},
+    },
+    "workflows": {
+        "store": "memory",
+        "definitions": [
+            {
+                "name": "pair",
+                "steps": [
+                    {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}"}},
+                    {"name": "stats", "task_type": "blob_stats", "input": {"data": "${steps.make.result}"}},
+                ],
+            }
+        ],
+    },
+}
+
+
+def test_with_two_replicas_each_reader_goes_to_the_replica_that_made_its_bytes(serve_instance: dict[str, Any]) -> None:
+    """The pool's router sends a run's maker and reader to one replica (keyed by the run's id),
+    so every reader takes the bytes from its maker's memory; runs spread over both replicas.
+    Without the key about half the readers would land on the other replica."""
+    serve.run(build_app(AFFINITY_ARGS), name="affinity", route_prefix="/affinity")
+    try:
+        with httpx.Client(base_url=serve_instance["http"] + "/affinity", timeout=60) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="the affinity app")
+            runs = 16
+            for _ in range(runs):
+                body = http.post("/v1/workflows/pair/runs", json={"input": {"size": 2 * MB}, "wait": True}).json()
+                assert body["success"], body["error"]
+                assert {s["name"]: s for s in body["run"]["steps"]}["stats"]["result"] == _stats(2 * MB)
+        handle = serve.get_deployment_handle("HandlerWorker_blobs", "affinity")
+        replicas: dict[str, dict[str, Any]] = {}
+
+        def both_reported() -> bool:
+            details = handle.get_status.remote().result()["details"]  # no key: either replica answers
+            replicas[details["replica_id"]] = details
+            return len(replicas) == 2
+
+        wait_until(both_reported, 30, interval_s=0.05, what="both replicas' status")
+        assert sum(d["reused_results"] for d in replicas.values()) == runs, replicas
+        assert all(d["completed"] >= 2 for d in replicas.values()), replicas  # each made and read some runs
+    finally:
+        serve.delete("affinity")
 
 
 @pytest.mark.faults
