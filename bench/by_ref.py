@@ -13,6 +13,9 @@ One Ray cluster, one run, alternating:
   ``reuse_results_bytes: 0``: the reader copies the value out of the object store, as it does
   when it lands on another replica than the maker (with reuse on, the pool's one replica takes
   the maker's ``bytes`` object itself: ``serve_app.runtime.recent``);
+* **serveflow, by reference, two replicas**: reuse on, the pool at two replicas; the run's maker
+  and reader go to one replica chosen by the run's id (``serve_app.runtime.affinity``), so the
+  reader still takes the maker's object;
 * **serveflow, inline** (JSON text of the same size, ``result_by_ref_bytes: null``): what every
   result cost before, through the Coordinator's memory and the database (10 MB and below).
 
@@ -51,7 +54,7 @@ WORKFLOWS = [
 ]
 
 
-def app_args(store_path: str, threshold: int | None, *, reuse: bool = True) -> dict[str, Any]:
+def app_args(store_path: str, threshold: int | None, *, reuse: bool = True, replicas: int = 1) -> dict[str, Any]:
     return {
         "max_body_bytes": 1 << 20,
         "pools": {
@@ -61,6 +64,7 @@ def app_args(store_path: str, threshold: int | None, *, reuse: bool = True) -> d
                 "task_types": ["make_blob", "blob_stats"],
                 "max_concurrency": 2,
                 "num_cpus": 0.1,
+                "num_replicas": replicas,
                 **({} if reuse else {"reuse_results_bytes": 0}),
             },
         },
@@ -106,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sizes", default="0,1,10,100", help="MB (0: the fixed cost of a run, subtracted for the marginal ratio)")
+    parser.add_argument("--modes", default="reuse,store,replicas,inline", help="which serveflow modes (all by default)")
     args = parser.parse_args()
     sizes = [int(s) * MB for s in args.sizes.split(",")]
 
@@ -145,14 +150,27 @@ def main() -> None:
     port = free_port()
     connect(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, object_store_memory=2 << 30)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Touch the object store's shared memory once before anything is timed: its pages are first
+    # faulted in by whichever row comes first (10 MB pairs of both systems ran 2-3x slower in the
+    # first row than in later ones).
+    warm = ray.put(bytes(1 << 30))
+    del warm
+    plain(100 * MB)
     url = f"http://127.0.0.1:{port}"
     rows: list[str] = []
     base: dict[str, tuple[float, float]] = {}  # mode -> medians at size 0
     try:
         with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=url, timeout=600) as http:
-            modes = (("by reference", MB, True), ("by reference, read from the object store", MB, False), ("inline", None, True))
-            for i, (mode, threshold, reuse) in enumerate(modes):
-                serve.run(build_app(app_args(f"{tmp}/{i}.sqlite3", threshold, reuse=reuse)), name="serveflow", route_prefix="/")
+            modes = {
+                "reuse": ("by reference", MB, True, 1),
+                "store": ("by reference, read from the object store", MB, False, 1),
+                "replicas": ("by reference, two replicas", MB, True, 2),
+                "inline": ("inline", None, True, 1),
+            }
+            chosen = [modes[m] for m in args.modes.split(",")]
+            for i, (mode, threshold, reuse, replicas) in enumerate(chosen):
+                args_i = app_args(f"{tmp}/{i}.sqlite3", threshold, reuse=reuse, replicas=replicas)
+                serve.run(build_app(args_i), name="serveflow", route_prefix="/")
                 wait_ready(url + "/readyz", 120)
                 pid = coordinator_pid()
                 for n in sizes:
