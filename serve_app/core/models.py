@@ -199,7 +199,7 @@ class WorkItem(BaseModel):
     # Object references of upstream results kept by reference, by producing step: the worker
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
     refs: dict[str, Any] = Field(default_factory=dict, exclude=True)
-    # Routing key (the run's id) of a call that makes a result a step of its pool reads, or reads
+    # Routing key (run id and maker) of a call that makes a result a step of its pool reads, or reads
     # one: the pool's router sends every call with the same key to the same replica, so a reader
     # finds the maker's value in that process (serve_app.runtime.affinity). Not sent to the worker.
     affinity: str | None = Field(None, exclude=True)

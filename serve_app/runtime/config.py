@@ -128,7 +128,7 @@ class PoolConfig(ReplicaOptions):
         description="A workflow step's bytes result kept by reference that a step of this pool reads is also held "
         "in the replica that made it, up to this many bytes in all and 10 s, so that a reader landing on that "
         "replica takes it without a copy out of Ray's object store. With several replicas, the calls that make "
-        "and read a run's results kept by reference go to one replica chosen by the run's id (other calls are "
+        "and reads a result kept by reference (one reader only) go to one replica chosen by the run and the maker (other calls are "
         "routed as Serve routes them). 0: off.",
     )
     max_ongoing_requests: int = Field(16, ge=1)

@@ -918,7 +918,7 @@ class RunEngine:
                 refs=kept.inputs(step.name, results),
                 keep_object=kept.read_by_a_step(step.name),
                 reader_task_types=kept.reader_task_types(step.name),
-                affinity=run.run_id,
+                affinity=kept.affinity(run.run_id, step.name),
             )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:

@@ -40,6 +40,7 @@ class KeptResults:
         self._read = spec.read_by_steps()
         self._reader_types = spec.reader_task_types()
         self._readers = spec.readers()
+        self._hand_offs = spec.hand_offs()
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -56,6 +57,12 @@ class KeptResults:
         """The task types of the steps that read this step's result (their pools may take a
         ``bytes`` result from the replica that made it, without a copy)."""
         return self._reader_types.get(step, frozenset())
+
+    def affinity(self, run_id: str, step: str) -> str | None:
+        """The routing key of ``step``'s call: its maker and its one reader share it, so a pool
+        with several replicas runs both on one (serve_app.runtime.affinity); None: no key."""
+        root = self._hand_offs.get(step)
+        return None if root is None else f"{run_id}/{root}"
 
     def _kept_inputs(self, step: str, results: Mapping[str, Any]) -> list[str]:
         return sorted(d for d in self._reads.get(step, ()) if result_refs.step_of(results.get(d)) == d)

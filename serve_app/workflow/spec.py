@@ -326,6 +326,33 @@ class WorkflowSpec(_Strict):
                 readers.setdefault(read, set()).add(s.name)
         return {name: frozenset(r) for name, r in readers.items()}
 
+    def hand_offs(self) -> Mapping[str, str]:
+        """step -> the step whose name keys where its by-reference hand-off runs. A step whose
+        result may stay in the object store and is read by exactly one task step (not a map: only
+        one reader can take the maker's object, and a map's elements are better spread), and that
+        reader, get the same name, so that the reader is sent to the replica that made the value;
+        along a chain of such hand-offs, the chain's first step. Steps not listed get no key."""
+        return self._hand_offs
+
+    @cached_property
+    def _hand_offs(self) -> Mapping[str, str]:
+        plain = {s.name for s in self.steps if s.task_type is not None and s.map is None}
+        sole = {p: next(iter(r)) for p, r in self._readers.items() if p in self._passable and len(r) == 1 and r <= plain}
+        takes_over: dict[str, str] = {}  # reader -> the maker whose value it takes (the first by name)
+        for maker in sorted(sole):
+            takes_over.setdefault(sole[maker], maker)
+        roots: dict[str, str] = {}
+        for step in [*sole, *takes_over]:
+            path = []
+            while step not in roots and step in takes_over:
+                path.append(step)
+                step = takes_over[step]
+            root = roots.get(step, step)
+            for seen in path:
+                roots[seen] = root
+            roots.setdefault(step, root)
+        return roots
+
     def reader_task_types(self) -> Mapping[str, frozenset[str]]:
         """step -> the task types of the steps whose input reads its result."""
         return self._reader_task_types

@@ -90,7 +90,7 @@ AFFINITY_ARGS: dict[str, Any] = {
 
 
 def test_with_two_replicas_each_reader_goes_to_the_replica_that_made_its_bytes(serve_instance: dict[str, Any]) -> None:
-    """The pool's router sends a run's maker and reader to one replica (keyed by the run's id),
+    """The pool's router sends a run's maker and reader to one replica (keyed by the run and the maker),
     so every reader takes the bytes from its maker's memory; runs spread over both replicas.
     Without the key about half the readers would land on the other replica."""
     serve.run(build_app(AFFINITY_ARGS), name="affinity", route_prefix="/affinity")

@@ -450,3 +450,48 @@ def test_release_read_lets_go_only_when_all_readers_are_done() -> None:
     done.add("stats2")
     assert kept.release_read("stats2", done.__contains__) == ["make"] and not kept.held("make")
     assert kept.release_read("pause", done.__contains__) == []  # reads nothing
+
+
+def test_a_maker_and_its_one_reader_share_a_key_along_a_chain_and_no_one_else_gets_one() -> None:
+    hand_offs = {name: s.hand_offs() for name, s in WORKFLOWS.items()}
+    assert hand_offs["pair"] == {"make": "make", "stats": "make"}
+    assert hand_offs["two_readers"] == {}  # only one reader could take the maker's object
+    assert hand_offs["mapped_readers"] == {}  # a map's elements are better spread
+    assert hand_offs["json_pair"] == {"doc": "doc", "length": "doc"}
+    chain = spec(
+        "chain",
+        [MAKE, {"name": "b", "task_type": "blob_echo", "input": {"data": "${steps.make.result}"}},
+         {"name": "c", "task_type": "blob_echo", "input": {"data": "${steps.b.result}"}},
+         {"name": "d", "task_type": "blob_stats", "input": {"data": "${steps.c.result}"}}],
+    )
+    assert chain.hand_offs() == {"make": "make", "b": "make", "c": "make", "d": "make"}
+    two_makers = spec(
+        "two_makers",
+        [MAKE, {**MAKE, "name": "other"},
+         {"name": "both", "task_type": "blob_echo", "input": {"data": ["${steps.make.result}", "${steps.other.result}"]}}],
+    )
+    # The reader goes where the first maker ran; the second maker keeps a key of its own.
+    assert two_makers.hand_offs() == {"make": "make", "other": "other", "both": "make"}
+
+
+async def test_the_engine_keys_the_calls_of_a_hand_off_by_run_and_maker(kind: str, store_factory: StoreFactory) -> None:
+    config = AppConfig.from_args(ARGS)
+    dispatcher, _, pools = in_process_dispatcher(config)
+    keys: dict[str, str | None] = {}
+
+    async def submit(req: TaskRequest, **kw: Any) -> TaskResult:
+        keys[req.task_id.split(".")[-2]] = kw.get("affinity")
+        return await dispatcher.submit(req, **kw)
+
+    engine = RunEngine(await store_factory(kind), submit, WORKFLOWS, owner="one", lease_s=1, result_by_ref_bytes=MB)
+    try:
+        run, _ = await engine.start("pair", {"size": 2 * MB})
+        assert (await engine.wait(run.run_id, 20)).status is RunStatus.SUCCEEDED
+        assert keys == {"make": f"{run.run_id}/make", "stats": f"{run.run_id}/make"}
+        keys.clear()
+        run, _ = await engine.start("two_readers", {"size": 2 * MB, "pause": 0})
+        assert (await engine.wait(run.run_id, 20)).status is RunStatus.SUCCEEDED
+        assert set(keys) == {"make", "pause", "stats", "stats2"} and set(keys.values()) == {None}
+    finally:
+        await engine.shutdown()
+        pools.close()
