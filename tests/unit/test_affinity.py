@@ -1,5 +1,5 @@
-"""Routing a run's by-reference hand-offs to one replica: the ranking, the pools that use it,
-the calls that carry a key, and the router class on a built app."""
+"""Routing a by-reference hand-off to one replica: the ranking, the pools that use it and the
+router class on a built app (which calls carry a key: test_results_by_reference)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from serve_app.core.models import TaskRequest, TaskResult, WorkItem
 from serve_app.runtime.affinity import rank
-from serve_app.runtime.config import AppConfig, PoolConfig
-from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
+from serve_app.runtime.config import PoolConfig
 
 REPLICAS = ["r1a2b3", "x9y8z7", "k4l5m6"]
 
@@ -58,30 +56,6 @@ ARGS = {
         "single": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["echo"]},
     },
 }
-
-
-@pytest.mark.anyio
-async def test_only_calls_that_make_or_read_a_held_result_carry_the_key() -> None:
-    config = AppConfig.from_args(ARGS)
-    board = ReadinessBoard()
-    board.update({p: {"ready": True, "status": "healthy"} for p in config.pools})
-    seen: list[WorkItem] = []
-
-    async def call(pool: str, work: WorkItem) -> TaskResult:
-        seen.append(work)
-        return TaskResult(success=True)
-
-    d = Dispatcher(config, board, call)
-    make = TaskRequest(task_type="make_blob", payload={"size": 1})
-    stats = TaskRequest(task_type="blob_stats", payload={"data": "marker"})
-    await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"}, affinity="run1")  # maker, reader in its pool
-    await d.submit(stats, refs={"make": object()}, affinity="run1")  # reader
-    await d.submit(make, by_ref_over=1, reader_task_types={"echo"}, affinity="run1")  # read in another pool only
-    await d.submit(make, affinity="run1")  # a step that keeps nothing
-    await d.submit(TaskRequest(task_type="echo", payload={}), refs={"make": object()}, affinity="run1")  # a one-replica pool
-    await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"})  # a plain task: no key given
-    assert [w.affinity for w in seen] == ["run1", "run1", None, None, None, None]
-    assert all("affinity" not in w.model_dump(mode="json") for w in seen)  # it routes; the worker never sees it
 
 
 def test_a_pool_with_several_replicas_gets_the_affinity_router_and_a_single_one_serves_default() -> None:

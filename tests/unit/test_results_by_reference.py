@@ -387,8 +387,9 @@ async def test_a_reader_on_the_same_worker_takes_a_bytes_result_without_the_obje
     runner.close()
 
 
-async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served_by_the_same_pool() -> None:
-    config = AppConfig.from_args(ARGS)
+def recording_dispatcher(args: dict[str, Any]) -> tuple[Dispatcher, list[WorkItem]]:
+    """A Dispatcher over ready pools whose calls are only recorded (and succeed)."""
+    config = AppConfig.from_args(args)
     board = ReadinessBoard()
     board.update({p: {"ready": True, "status": "healthy"} for p in config.pools})
     seen: list[WorkItem] = []
@@ -397,7 +398,11 @@ async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served
         seen.append(work)
         return TaskResult(success=True)
 
-    d = Dispatcher(config, board, call)
+    return Dispatcher(config, board, call), seen
+
+
+async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served_by_the_same_pool() -> None:
+    d, seen = recording_dispatcher(ARGS)
     make = TaskRequest(task_type="make_blob", payload={"size": 1})
     await d.submit(make, by_ref_over=MB, reader_task_types={"echo", "blob_stats"})
     await d.submit(make, by_ref_over=MB, reader_task_types={"echo"})  # read in another pool only
@@ -495,3 +500,18 @@ async def test_the_engine_keys_the_calls_of_a_hand_off_by_run_and_maker(kind: st
     finally:
         await engine.shutdown()
         pools.close()
+
+
+async def test_only_calls_that_make_or_read_a_held_result_in_a_pool_of_several_replicas_carry_the_key() -> None:
+    args = {"pools": {**ARGS["pools"], "blobs": {**ARGS["pools"]["blobs"], "num_replicas": 2}}}
+    d, seen = recording_dispatcher(args)
+    make = TaskRequest(task_type="make_blob", payload={"size": 1})
+    stats = TaskRequest(task_type="blob_stats", payload={"data": "marker"})
+    await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"}, affinity="run1/make")  # maker, reader in its pool
+    await d.submit(stats, refs={"make": object()}, affinity="run1/make")  # its reader
+    await d.submit(make, by_ref_over=1, reader_task_types={"echo"}, affinity="run1/make")  # read in another pool only
+    await d.submit(make, affinity="run1/make")  # a step that keeps nothing
+    await d.submit(TaskRequest(task_type="echo", payload={}), refs={"make": object()}, affinity="run1/make")  # one replica
+    await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"})  # no key given
+    assert [w.affinity for w in seen] == ["run1/make", "run1/make", None, None, None, None]
+    assert all("affinity" not in w.model_dump(mode="json") for w in seen)  # it routes; the worker never sees it
