@@ -72,3 +72,37 @@ def test_a_pool_with_several_replicas_gets_the_affinity_router_and_a_single_one_
     }
     assert routers["HandlerWorker_blobs"] == AFFINITY_ROUTER
     assert routers["HandlerWorker_single"] != AFFINITY_ROUTER
+
+
+@pytest.mark.anyio
+async def test_the_router_sends_a_keyed_call_to_its_replica_then_the_next_two_and_routes_the_rest_as_serve_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+
+    from deployments.affinity_router import FALLBACK_REPLICAS, ResultAffinityRouter
+
+    replicas = [SimpleNamespace(replica_id=SimpleNamespace(unique_id=u)) for u in ["a1", "b2", "c3", "d4"]]
+    by_id = {r.replica_id.unique_id: r for r in replicas}
+    router = object.__new__(ResultAffinityRouter)  # its keyed path reads nothing but its arguments
+    keyed = SimpleNamespace(metadata=SimpleNamespace(session_id="run-7/make"))
+    order = rank("run-7/make", by_id)
+    # Ranks, as Serve's router takes them: the first replica alone, then the next two if it is full.
+    assert await router.choose_replicas(replicas, keyed) == [[by_id[order[0]]], [by_id[u] for u in order[1 : 1 + FALLBACK_REPLICAS]]]
+    assert await router.choose_replicas(list(reversed(replicas)), keyed) == await router.choose_replicas(replicas, keyed)
+
+    # No key, or a single replica: Serve's power of two choices decides (recorded here, not run).
+    seen: list[Any] = []
+
+    async def stock(self: Any, candidate_replicas: Any, pending_request: Any = None) -> Any:
+        seen.append(pending_request)
+        return [candidate_replicas[:2]]
+
+    monkeypatch.setattr(PowerOfTwoChoicesRequestRouter, "choose_replicas", stock)
+    unkeyed = SimpleNamespace(metadata=SimpleNamespace(session_id=""))
+    assert await router.choose_replicas(replicas, unkeyed) == [replicas[:2]]
+    assert await router.choose_replicas(replicas[:1], keyed) == [replicas[:1]]
+    assert await router.choose_replicas(replicas, None) == [replicas[:2]]
+    assert seen == [unkeyed, keyed, None]
