@@ -1,8 +1,8 @@
 """The HandlerWorker pools' request router: Serve's own, plus affinity for keyed calls.
 
 A call whose handle sets a ``session_id`` (the Coordinator sets one on the call that makes a
-result kept by reference and on the call of its one reader: ``WorkItem.affinity``) goes to the replica
-that ranks first for that key (:func:`serve_app.runtime.affinity.rank`), or, when that one
+result kept by reference and on the call of its one reader: ``WorkItem.affinity``) goes to
+the replica that ranks first for that key (:func:`serve_app.runtime.affinity.rank`), or, when that one
 is full, to the next two. Every other call is routed exactly as by Serve's default
 (power of two choices, in arrival order). Affinity is a hint for speed, never for
 correctness: a reader routed elsewhere reads the object store as before.

@@ -4,8 +4,8 @@ A step's ``bytes`` result kept by reference is also held for a moment in the rep
 made it (:mod:`serve_app.runtime.recent`), and a reader of the same pool takes it there
 without a copy out of Ray's object store, but only if Serve sends the reader to that
 replica. With several replicas in the pool, the Coordinator gives the maker's call and its
-reader's call the same key (the run's id and the maker's name) and the pool's request router sends a call with
-a key to the replica that ranks first for it. Highest-random-weight hashing: every
+one reader's call the same key (the run's id and the maker's name), and the pool's request
+router sends a call with a key to the replica that ranks first for it. Highest-random-weight hashing: every
 Coordinator ranks alike with no shared state, keys spread evenly over the replicas, and a
 replica that leaves moves only the keys it ranked first. Calls without a key are routed as
 Serve always routes them.

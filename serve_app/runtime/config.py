@@ -127,9 +127,9 @@ class PoolConfig(ReplicaOptions):
         ge=0,
         description="A workflow step's bytes result kept by reference that a step of this pool reads is also held "
         "in the replica that made it, up to this many bytes in all and 10 s, so that a reader landing on that "
-        "replica takes it without a copy out of Ray's object store. With several replicas, the calls that make "
-        "and reads a result kept by reference (one reader only) go to one replica chosen by the run and the maker (other calls are "
-        "routed as Serve routes them). 0: off.",
+        "replica takes it without a copy out of Ray's object store. With several replicas, the call that makes "
+        "such a result and the call of its one reader go to one replica, chosen by the run and the maker (other "
+        "calls are routed as Serve routes them). 0: off.",
     )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
