@@ -28,11 +28,15 @@ async def test_writes_queued_behind_a_busy_connection_share_commits_and_are_all_
     db = _db(tmp_path / "a.sqlite3")
     lock = threading.Lock()
     writes = GroupCommit(db, lock)
-    reader = threading.Thread(target=lambda: (lock.acquire(), time.sleep(0.2), lock.release()))
-    reader.start()  # a read in a thread holds the connection
+    done_reading = threading.Event()
+    reader = threading.Thread(target=lambda: (lock.acquire(), done_reading.wait(), lock.release()))
+    reader.start()  # a read in a thread holds the connection until every write has been sent
     while not lock.locked():
         await asyncio.sleep(0.001)
-    counts = await asyncio.gather(*[writes.execute("UPDATE t SET v='new' WHERE k=?", (i,)) for i in range(200)])
+    sent = asyncio.gather(*[writes.execute("UPDATE t SET v='new' WHERE k=?", (i,)) for i in range(200)])
+    await asyncio.sleep(0.05)  # every write has looked at the connection (and found it busy)
+    done_reading.set()
+    counts = await sent
     reader.join()
     assert counts == [1] * 200
     assert writes.inline == 0 and writes.writes == 200 and writes.batches < 50  # the first goes alone, the rest in a few batches
