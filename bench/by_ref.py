@@ -7,15 +7,16 @@ One Ray cluster, one run, alternating:
 * **plain Ray**: ``stats.remote(make.remote(n))`` — two Ray tasks, the first's result passed to
   the second as an ObjectRef (what a hand-written pipeline on Ray does);
 * **serveflow, by reference**: the ``pair`` workflow (``make_blob`` → ``blob_stats``) started
-  with ``wait`` over HTTP on the SQLite store; the bytes stay in Ray's object store and only a
-  marker reaches the Coordinator and the database;
+  with ``wait`` over HTTP on the SQLite store; ``stats`` is ``make``'s one reader, in its pool,
+  so the bytes stay in the maker's worker alone (no ``ray.put``) and the reader is sent to that
+  replica and takes them (``serve_app.runtime.recent``); only a marker reaches the Coordinator
+  and the database;
 * **serveflow, by reference, read from the object store**: the same with the pool's
-  ``reuse_results_bytes: 0``: the reader copies the value out of the object store, as it does
-  when it lands on another replica than the maker (with reuse on, the pool's one replica takes
-  the maker's ``bytes`` object itself: ``serve_app.runtime.recent``);
-* **serveflow, by reference, two replicas**: reuse on, the pool at two replicas; the run's maker
-  and reader go to one replica chosen by the run's id (``serve_app.runtime.affinity``), so the
-  reader still takes the maker's object;
+  ``reuse_results_bytes: 0``: the maker puts the value into the object store and the reader
+  copies it out, as for a result with several readers read on another replica;
+* **serveflow, by reference, two replicas**: reuse on, the pool at two replicas; the maker goes
+  to a replica chosen by the run's id and the reader to the maker's replica
+  (``deployments/affinity_router.py``);
 * **serveflow, inline** (JSON text of the same size, ``result_by_ref_bytes: null``): what every
   result cost before, through the Coordinator's memory and the database (10 MB and below).
 

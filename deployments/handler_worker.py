@@ -49,6 +49,7 @@ class HandlerWorker:
             max_stuck_calls=self._config.max_stuck_calls,
             objects=RayObjects(),
             recent=RecentValues(self._config.reuse_results_bytes) if self._config.reuse_results_bytes else None,
+            replica_id=self._identity["replica_id"],
         )
 
     def _problem(self) -> str | None:
@@ -89,6 +90,7 @@ class HandlerWorker:
                 "completed": runner.completed if runner else 0,
                 "failed": runner.failed if runner else 0,
                 "reused_results": runner.reused_results if runner else 0,
+                "held_alone_bytes": runner.held_alone_bytes if runner else 0,
             },
         ).model_dump(mode="json")
 

@@ -16,6 +16,7 @@ from serve_app.runtime.config import AppConfig
 from serve_app.runtime.dispatch import Dispatcher, ReadinessBoard
 from serve_app.runtime.handlers import HandlerRegistry
 from serve_app.core.models import TaskResult, WorkItem
+from serve_app.runtime.recent import RecentValues
 from serve_app.runtime.runner import HandlerRunner, ObjectLost
 
 
@@ -73,7 +74,8 @@ class LocalObjects:
 
 
 class InProcessPools:
-    """Every configured pool as a local HandlerRunner."""
+    """Every configured pool as a local HandlerRunner, set up as a HandlerWorker replica sets up
+    its own (one replica per pool)."""
 
     def __init__(self, config: AppConfig, objects: LocalObjects | None = None) -> None:
         self.objects = objects or LocalObjects()
@@ -83,9 +85,18 @@ class InProcessPools:
                 max_concurrency=pool.max_concurrency,
                 max_stuck_calls=pool.max_stuck_calls,
                 objects=self.objects,
+                recent=RecentValues(pool.reuse_results_bytes) if pool.reuse_results_bytes else None,
+                replica_id=f"{name}-replica",
             )
             for name, pool in config.pools.items()
         }
+
+    def lose_results(self) -> None:
+        """Lose every result kept by reference, as when the workers that made them die: the
+        object store's and those the workers hold themselves."""
+        self.objects.clear()
+        for runner in self.runners.values():
+            runner.forget_held()
 
     async def __call__(self, pool: str, item: WorkItem) -> TaskResult:
         return await self.runners[pool].run(item)

@@ -196,6 +196,10 @@ class WorkItem(BaseModel):
     # ``bytes`` result for a moment, so that a reader on the same replica takes it without a
     # copy out of the object store (serve_app.runtime.recent).
     keep_local: bool = False
+    # True when the result's one reader is sent to the replica that made it (a one-to-one
+    # hand-off in this pool): a ``bytes`` result may then stay in that process alone, named by a
+    # ``result_refs.local_handle`` in place of an object reference, with no copy in the object store.
+    hand_off: bool = False
     # Object references of upstream results kept by reference, by producing step: the worker
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
     refs: dict[str, Any] = Field(default_factory=dict, exclude=True)
@@ -206,9 +210,12 @@ class WorkItem(BaseModel):
 
     @property
     def moves_object_refs(self) -> bool:
-        """ObjectRefs go in (``refs``) or may come back (a result kept by reference that a later
-        step reads): the call must be one on which Ray counts references."""
-        return bool(self.refs) or (self.by_ref_over is not None and self.keep_object)
+        """ObjectRefs go in (``refs``: names of results held in a worker alone are plain text) or
+        may come back (a result kept by reference that a later step reads): the call must be one
+        on which Ray counts references."""
+        return any(not isinstance(ref, str) for ref in self.refs.values()) or (
+            self.by_ref_over is not None and self.keep_object
+        )
 
 
 class HealthState(str, Enum):

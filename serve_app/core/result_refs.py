@@ -7,12 +7,15 @@ only a small marker::
     {"$serveflow_ref": {"step": "make", "bytes": 104857600, "kind": "bytes"}}
 
 The next step's worker receives the object reference beside its payload and
-puts the value back where the marker stands (:func:`substitute`). Pure: nothing
-here touches Ray.
+puts the value back where the marker stands (:func:`substitute`). A value whose
+one reader is sent to the worker that made it stays in that worker's process
+alone, and a plain-text name (:func:`local_handle`) travels in place of the
+reference. Pure: nothing here touches Ray.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable, Mapping
 
 from serve_app.core.errors import Unavailable
@@ -44,6 +47,26 @@ def step_of(value: Any) -> str | None:
     inner = marker_of(value)
     step = inner.get("step") if inner is not None else None
     return step if isinstance(step, str) else None
+
+
+# A result held in its maker's process alone is named by ``local:<replica id>:<random>``.
+_LOCAL = "local:"
+
+
+def local_handle(replica_id: str) -> str:
+    """A new name for a result held in the process of worker replica ``replica_id`` alone (a
+    one-to-one hand-off whose reader is sent to that replica): it travels where an object
+    reference would, as plain text."""
+    return f"{_LOCAL}{replica_id}:{uuid.uuid4().hex}"
+
+
+def local_replica(handle: Any) -> str | None:
+    """The replica holding the result named by ``handle``, or None when ``handle`` is not such
+    a name (an object reference, say)."""
+    if isinstance(handle, str) and handle.startswith(_LOCAL):
+        replica, sep, _ = handle[len(_LOCAL) :].rpartition(":")
+        return replica if sep and replica else None
+    return None
 
 
 def lost(step: str, why: str) -> Unavailable:

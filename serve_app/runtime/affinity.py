@@ -8,7 +8,8 @@ one reader's call the same key (the run's id and the maker's name), and the pool
 router sends a call with a key to the replica that ranks first for it. Highest-random-weight hashing: every
 Coordinator ranks alike with no shared state, keys spread evenly over the replicas, and a
 replica that leaves moves only the keys it ranked first. Calls without a key are routed as
-Serve always routes them.
+Serve always routes them. (The reader of a value its maker holds alone, with no copy in the
+object store, is keyed by the maker's replica id instead, and goes there only.)
 """
 
 from __future__ import annotations

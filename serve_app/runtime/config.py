@@ -125,11 +125,12 @@ class PoolConfig(ReplicaOptions):
     reuse_results_bytes: int = Field(
         268_435_456,
         ge=0,
-        description="A workflow step's bytes result kept by reference that a step of this pool reads is also held "
-        "in the replica that made it, up to this many bytes in all and 10 s, so that a reader landing on that "
-        "replica takes it without a copy out of Ray's object store. With several replicas, the call that makes "
-        "such a result and the call of its one reader go to one replica, chosen by the run and the maker (other "
-        "calls are routed as Serve routes them). 0: off.",
+        description="Bytes of workflow step results (bytes, kept by reference) that a replica of this pool holds "
+        "in its own process for a reader of this pool. A result whose one reader is in this pool stays there "
+        "alone, with no copy in Ray's object store, and the reader is sent to that replica; one that does not "
+        "fit, or has other readers, is in the object store and held here for 10 s as well, so that a reader "
+        "landing on this replica takes it without a copy out. With several replicas, a maker and its reader go "
+        "to one replica (other calls are routed as Serve routes them). 0: off (everything in the object store).",
     )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")

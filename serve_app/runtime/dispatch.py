@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Collection, Mapping
 
+from serve_app.core import result_refs
 from serve_app.runtime import tracing
 from serve_app.runtime.config import AppConfig
 from serve_app.core.errors import NotReady, TaskTimeout, Unavailable, UnknownTaskType, classify
@@ -107,18 +108,21 @@ class Dispatcher:
         keep_object: bool = True,
         reader_task_types: Collection[str] = (),
         affinity: str | None = None,
+        hand_off: bool = False,
     ) -> TaskResult:
         """Run ``req`` and return its envelope (success or structured failure). Workflow steps
         pass ``by_ref_over`` (keep a larger result in Ray's object store), the ``refs`` of
-        upstream results kept there, the task types of the steps that read the result and the
+        upstream results kept there, the task types of the steps that read the result, the
         run's ``affinity`` key (used only when this call makes or reads such a result in a pool
-        that routes by it)."""
+        that routes by it) and ``hand_off`` (the result's one reader follows it to its replica)."""
         started = time.perf_counter()
         task_id = req.task_id or uuid.uuid4().hex
         with tracing.start_span(f"Task:{req.task_type}", attributes={"serveflow.task_id": task_id}) as span:
             trace_id = tracing.trace_id_hex(span)
             try:
-                result = await self._run(req, task_id, by_ref_over, refs or {}, keep_object, reader_task_types, affinity)
+                result = await self._run(
+                    req, task_id, by_ref_over, refs or {}, keep_object, reader_task_types, affinity, hand_off
+                )
             except Exception as exc:
                 # Only errors become envelopes: cancellation, KeyboardInterrupt and SystemExit propagate.
                 err = classify(exc, trace_id=trace_id)
@@ -159,6 +163,7 @@ class Dispatcher:
         keep_object: bool,
         reader_task_types: Collection[str],
         affinity: str | None,
+        hand_off: bool,
     ) -> TaskResult:
         pool = self._routes.get(req.task_type)
         if pool is None:
@@ -168,6 +173,9 @@ class Dispatcher:
         self._readiness.check(pool)
         deadline = self.deadline_for(pool, req.timeout_s)
         keep_local = by_ref_over is not None and any(self._routes.get(t) == pool for t in reader_task_types)
+        routed = self._config.pools[pool].result_affinity
+        # A reader of a result held in its maker's process alone goes to that replica, by its id.
+        holder = next(filter(None, map(result_refs.local_replica, refs.values())), None)
         item = WorkItem(
             task_id=task_id,
             task_type=req.task_type,
@@ -177,8 +185,9 @@ class Dispatcher:
             by_ref_over=by_ref_over,
             keep_object=keep_object,
             keep_local=keep_local,
+            hand_off=hand_off and keep_local,
             refs=dict(refs),
-            affinity=affinity if (keep_local or refs) and self._config.pools[pool].result_affinity else None,
+            affinity=None if not routed else holder or (affinity if keep_local or refs else None),
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0
         if self._observer is not None:

@@ -10,8 +10,13 @@ Only ``bytes`` (immutable: a reader cannot change what another sees, and the
 object store's copy is the same bytes), only when the Coordinator said a step
 that reads it is served by this pool, taken by the first local reader, and held
 at most ``ttl_s`` and ``max_bytes`` in all: a reader elsewhere (another
-replica, a retry after the entry went) reads the object store as before. Pure
-asyncio; keys must not hold the object alive (Ray: the reference's id).
+replica, a retry after the entry went) reads the object store as before.
+
+A value whose one reader is sent to this replica (a hand-off) is held here
+*alone*: it was never put into the object store, so it is not dropped to make
+room, and it waits longer (``HELD_ALONE_TTL_S``); if it goes all the same, the
+reader's maker is run again. Pure asyncio; keys must not hold the object alive
+(Ray: the reference's id; a value held alone: its name).
 """
 
 from __future__ import annotations
@@ -23,32 +28,47 @@ from typing import Hashable
 # How long a value waits for a reader on this replica; the step that reads it is normally sent
 # as soon as its maker's answer is recorded (milliseconds).
 RECENT_TTL_S = 10.0
+# How long a value held here alone (a one-to-one hand-off: no copy in the object store) waits for
+# its reader, which may queue for a step slot; if it goes, the reader's maker is run again.
+HELD_ALONE_TTL_S = 120.0
 
 
 class RecentValues:
-    """``bytes`` values by key, oldest dropped first beyond ``max_bytes``, each for ``ttl_s`` at most."""
+    """``bytes`` values by key, oldest dropped first beyond ``max_bytes`` (except those held alone),
+    each for ``ttl_s`` (held alone: ``HELD_ALONE_TTL_S``) at most."""
 
     def __init__(self, max_bytes: int, *, ttl_s: float = RECENT_TTL_S) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._values: OrderedDict[Hashable, tuple[bytes, asyncio.TimerHandle]] = OrderedDict()
+        self._alone: set[Hashable] = set()  # values with no copy elsewhere: never dropped for room
+        self.alone_nbytes = 0
         self.nbytes = 0
         self.taken = 0  # values handed to a reader (for tests and benchmarks)
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def keep(self, key: Hashable, value: object) -> bool:
+    def keep(self, key: Hashable, value: object, *, alone: bool = False) -> bool:
         """Hold ``value`` for a reader on this replica; False (nothing held) unless it is ``bytes``
-        no larger than ``max_bytes``. Call on the event loop."""
-        if type(value) is not bytes or len(value) > self.max_bytes:
+        that fit in ``max_bytes``. Older values make room, oldest first, except values held
+        ``alone`` (no copy in the object store): those go only when taken or after
+        ``HELD_ALONE_TTL_S``, and a value that would need their room is not held. Call on the
+        event loop."""
+        if type(value) is not bytes:
             return False
         self._pop(key)
-        while self._values and self.nbytes + len(value) > self.max_bytes:
-            self._pop(next(iter(self._values)))
-        timer = asyncio.get_running_loop().call_later(self.ttl_s, self._pop, key)
+        if self.alone_nbytes + len(value) > self.max_bytes:
+            return False
+        spare = [k for k in self._values if k not in self._alone]
+        while self.nbytes + len(value) > self.max_bytes:
+            self._pop(spare.pop(0))
+        timer = asyncio.get_running_loop().call_later(HELD_ALONE_TTL_S if alone else self.ttl_s, self._pop, key)
         self._values[key] = (value, timer)
         self.nbytes += len(value)
+        if alone:
+            self._alone.add(key)
+            self.alone_nbytes += len(value)
         return True
 
     def take(self, key: Hashable) -> bytes | None:
@@ -69,5 +89,8 @@ class RecentValues:
             return None
         value, timer = entry
         timer.cancel()
+        if key in self._alone:
+            self._alone.discard(key)
+            self.alone_nbytes -= len(value)
         self.nbytes -= len(value)
         return value

@@ -42,6 +42,10 @@ class ObjectLost(Exception):
     """A result kept by reference is gone (its owner or node died)."""
 
 
+class HeldElsewhere(Exception):
+    """A result held in its maker's process alone is not held by this replica."""
+
+
 class ObjectStore(Protocol):
     """Where results kept by reference live (Ray's object store in a HandlerWorker)."""
 
@@ -66,11 +70,14 @@ class HandlerRunner:
         max_stuck_calls: int,
         objects: ObjectStore | None = None,
         recent: RecentValues | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self._registry = registry
         self._objects = objects
         # ``bytes`` results kept by reference, held a moment for a reader on this replica.
         self._recent = recent
+        # Names the results held here alone (result_refs.local_handle); None: none are.
+        self._replica_id = replica_id
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="serveflow-handler")
         self._max_stuck = max_stuck_calls
         self._stuck = 0
@@ -87,16 +94,25 @@ class HandlerRunner:
         """Kept ``bytes`` results a reader on this replica took without a copy out of the object store."""
         return self._recent.taken if self._recent is not None else 0
 
+    @property
+    def held_alone_bytes(self) -> int:
+        """Bytes of results held here alone (no copy in the object store) for a reader to come."""
+        return self._recent.alone_nbytes if self._recent is not None else 0
+
     def health_problem(self) -> str | None:
         """Why this runner cannot do its job, or None."""
         if self._stuck >= self._max_stuck:
             return f"{self._stuck} sync handler call(s) still running past their deadline (limit {self._max_stuck})"
         return None
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def forget_held(self) -> None:
+        """Let go of every result held here for a reader."""
         if self._recent is not None:
             self._recent.clear()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.forget_held()
 
     async def run(self, item: WorkItem, *, attributes: dict[str, Any] | None = None) -> TaskResult:
         """Run ``item``; always returns an envelope, never raises for handler faults.
@@ -129,7 +145,15 @@ class HandlerRunner:
             raise UnknownTaskType(f"task type {item.task_type!r} is not served by this pool")
         payload = item.payload
         if item.refs:
-            payload = result_refs.substitute(payload, await self._fetch(item.refs))
+            values = await self._fetch(item.refs)
+            try:
+                return await self._call_with(spec, item, result_refs.substitute(payload, values))
+            except BaseException:
+                self._hold_again(item.refs, values)
+                raise
+        return await self._call_with(spec, item, payload)
+
+    async def _call_with(self, spec: HandlerSpec, item: WorkItem, payload: Any) -> tuple[Any, Any]:
         arg = self._validate(spec, payload)
         if spec.is_async:
             future: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(arg))  # type: ignore[arg-type]
@@ -161,6 +185,11 @@ class HandlerRunner:
                 return value, None
             if not item.keep_object:
                 return result_refs.marker(*kept), None  # no step reads it: the marker is all anyone sees
+            if item.hand_off and self._recent is not None and self._replica_id is not None:
+                # Its one reader is sent to this replica: the value stays here, with no copy.
+                name = result_refs.local_handle(self._replica_id)
+                if self._recent.keep(name, value, alone=True):
+                    return result_refs.marker(*kept), name
             handle = await asyncio.to_thread(self._objects.put, value)
             if item.keep_local and self._recent is not None:
                 self._recent.keep(self._objects.key(handle), value)
@@ -175,17 +204,36 @@ class HandlerRunner:
         recent = self._recent
 
         async def get(handle: Any) -> Any:
+            if result_refs.local_replica(handle) is not None:
+                value = recent.take(handle) if recent is not None else None
+                if value is None:
+                    raise HeldElsewhere
+                return value
             value = recent.take(objects.key(handle)) if recent is not None else None
             return value if value is not None else await objects.get(handle)
 
         steps = list(handles)
         values = await asyncio.gather(*(get(handles[s]) for s in steps), return_exceptions=True)
         for step, value in zip(steps, values, strict=True):
+            if isinstance(value, HeldElsewhere):
+                self._hold_again(handles, dict(zip(steps, values, strict=True)))
+                raise result_refs.lost(step, "is not held by this replica (the replica that made it is gone or busy)")
             if isinstance(value, ObjectLost):
+                self._hold_again(handles, dict(zip(steps, values, strict=True)))
                 raise result_refs.lost(step, "is no longer in Ray's object store (its worker or node is gone)")
             if isinstance(value, BaseException):
                 raise value
         return dict(zip(steps, values, strict=True))
+
+    def _hold_again(self, handles: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Hold again the values held here alone that a call took but did not use to the end (it
+        failed or was cancelled): a retry of the call, sent here again, finds them."""
+        if self._recent is None:
+            return
+        for step, handle in handles.items():
+            value = values.get(step)
+            if result_refs.local_replica(handle) is not None and isinstance(value, bytes):
+                self._recent.keep(handle, value, alone=True)
 
     @staticmethod
     def _renderable(item: WorkItem, value: Any) -> Any:

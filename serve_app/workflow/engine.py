@@ -54,7 +54,7 @@ from serve_app.workflow.store import ItemOutcome, Lease, LeaseLost, RunStore
 
 logger = logging.getLogger("serveflow.workflow")
 
-SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=(), affinity=None)
+SubmitTask = Callable[..., Awaitable[TaskResult]]  # (request, *, by_ref_over=None, refs=None, keep_object=True, reader_task_types=(), affinity=None, hand_off=False)
 _EXECUTION_LEASE: contextvars.ContextVar[Lease] = contextvars.ContextVar("serveflow_execution_lease")
 
 _DONE_READING = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})  # a reader that needs its inputs no more
@@ -919,6 +919,7 @@ class RunEngine:
                 keep_object=kept.read_by_a_step(step.name),
                 reader_task_types=kept.reader_task_types(step.name),
                 affinity=kept.affinity(run.run_id, step.name),
+                hand_off=kept.hand_off(step.name),
             )
 
     async def _child(self, run: RunState, step: StepSpec, payload: dict[str, Any], index: int | None, where: str) -> TaskResult:

@@ -6,6 +6,11 @@ reference, which only the driving engine holds, in memory. The next step's
 worker gets the reference and reads the value straight from the object store,
 so it never passes through the Coordinator or the database.
 
+A value whose one reader is in the maker's pool stays in the maker's process
+alone (no copy in the object store): the worker answers with a name of it
+(``result_refs.local_handle``) in place of the reference, and the reader's call
+goes to that replica.
+
 Durability: a reference lives as long as the worker that made the value (and
 its node) and this engine's hold on it, which ends once every step that reads it
 is done (succeeded or skipped). When the run stops being driven here
@@ -41,6 +46,7 @@ class KeptResults:
         self._reader_types = spec.reader_task_types()
         self._readers = spec.readers()
         self._hand_offs = spec.hand_offs()
+        self._hand_off_makers = spec.hand_off_makers()
         self._refs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -63,6 +69,11 @@ class KeptResults:
         with several replicas runs both on one (serve_app.runtime.affinity); None: no key."""
         root = self._hand_offs.get(step)
         return None if root is None else f"{run_id}/{root}"
+
+    def hand_off(self, step: str) -> bool:
+        """Whether ``step``'s one reader takes its value over: its worker may then keep a
+        ``bytes`` result in its own process alone, and the reader is sent to that replica."""
+        return step in self._hand_off_makers
 
     def _kept_inputs(self, step: str, results: Mapping[str, Any]) -> list[str]:
         return sorted(d for d in self._reads.get(step, ()) if result_refs.step_of(results.get(d)) == d)

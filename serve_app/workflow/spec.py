@@ -334,13 +334,34 @@ class WorkflowSpec(_Strict):
         along a chain of such hand-offs, the chain's first step. Steps not listed get no key."""
         return self._hand_offs
 
+    def hand_off_makers(self) -> frozenset[str]:
+        """The makers whose one reader takes their value over (see :meth:`hand_offs`) and runs
+        unless a step before it fails: such a value may stay in the maker's process alone, for
+        the reader sent there after it. (A reader with a condition may never come for it.)"""
+        return self._hand_off_makers
+
+    @cached_property
+    def _hand_off_makers(self) -> frozenset[str]:
+        conditional = {s.name for s in self.steps if s.when is not None}
+        return frozenset(maker for reader, maker in self._takes_over.items() if reader not in conditional)
+
+    @cached_property
+    def _sole(self) -> Mapping[str, str]:
+        """maker -> its one reader, a plain task step."""
+        plain = {s.name for s in self.steps if s.task_type is not None and s.map is None}
+        return {p: next(iter(r)) for p, r in self._readers.items() if p in self._passable and len(r) == 1 and r <= plain}
+
+    @cached_property
+    def _takes_over(self) -> Mapping[str, str]:
+        """reader -> the maker whose value it takes (the first by name of the makers it alone reads)."""
+        takes_over: dict[str, str] = {}
+        for maker in sorted(self._sole):
+            takes_over.setdefault(self._sole[maker], maker)
+        return takes_over
+
     @cached_property
     def _hand_offs(self) -> Mapping[str, str]:
-        plain = {s.name for s in self.steps if s.task_type is not None and s.map is None}
-        sole = {p: next(iter(r)) for p, r in self._readers.items() if p in self._passable and len(r) == 1 and r <= plain}
-        takes_over: dict[str, str] = {}  # reader -> the maker whose value it takes (the first by name)
-        for maker in sorted(sole):
-            takes_over.setdefault(sole[maker], maker)
+        sole, takes_over = self._sole, self._takes_over
         roots: dict[str, str] = {}
         for step in [*sole, *takes_over]:
             path = []

@@ -1,6 +1,6 @@
-"""Results kept by reference on real Serve: a step's bytes stay in Ray's object store and reach
-the next step without the Coordinator or the database holding them; a result lost with its
-worker is made again."""
+"""Results kept by reference on real Serve: a step's bytes stay in the worker that made them
+(or in Ray's object store) and reach the next step without the Coordinator or the database
+holding them; a result lost with its worker is made again."""
 
 from __future__ import annotations
 
@@ -53,6 +53,28 @@ def test_a_large_result_goes_by_reference_over_http_and_grpc(serve_instance: dic
         assert {s["name"]: s for s in run.run["steps"]}["stats"]["result"]["bytes"] == 3 * MB
 
 
+def test_between_a_maker_and_its_one_reader_the_bytes_wait_in_the_makers_worker(http: httpx.Client) -> None:
+    """``make``'s one reader is in its pool: the bytes stay in the worker that made them (no copy
+    in the object store) until the reader, sent to that replica, takes them."""
+    worker = serve.get_deployment_handle("HandlerWorker_compute", "serveflow")  # one replica
+
+    def held() -> int:
+        return worker.get_status.remote().result()["details"]["held_alone_bytes"]
+
+    size = 7 * MB
+    run_id = http.post("/v1/workflows/big_result/runs", json={"input": {"size": size, "pause": 2}}).json()["run_id"]
+    wait_until(lambda: held() == size, 30, interval_s=0.05, what="the worker to hold the bytes")
+    run = wait_until(
+        lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
+        60,
+        interval_s=0.2,
+        what="the run to end",
+    )
+    assert run["status"] == "succeeded", run["error"]
+    assert {s["name"]: s for s in run["steps"]}["stats"]["result"] == _stats(size)
+    assert held() == 0  # taken by the reader
+
+
 def test_a_task_answer_over_4_mib_gets_through_over_http_and_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     """An inline answer larger than gRPC's default message limit: between the worker and the
     Coordinator (Serve's gRPC transport in this profile) and back to a gRPC client."""
@@ -90,9 +112,10 @@ AFFINITY_ARGS: dict[str, Any] = {
 
 
 def test_with_two_replicas_each_reader_goes_to_the_replica_that_made_its_bytes(serve_instance: dict[str, Any]) -> None:
-    """The pool's router sends a run's maker and reader to one replica (keyed by the run and the maker),
-    so every reader takes the bytes from its maker's memory; runs spread over both replicas.
-    Without the key about half the readers would land on the other replica."""
+    """The pool's router sends each reader to the replica that made its bytes (the maker held them
+    there alone and answered with that replica's id), so every reader takes them from its maker's
+    memory; makers spread over both replicas. Routed as Serve routes, about half the readers
+    would land on the other replica."""
     serve.run(build_app(AFFINITY_ARGS), name="affinity", route_prefix="/affinity")
     try:
         with httpx.Client(base_url=serve_instance["http"] + "/affinity", timeout=60) as http:

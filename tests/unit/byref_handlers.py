@@ -37,3 +37,13 @@ def text_length(payload: dict[str, Any]) -> dict[str, Any]:
 def blob_echo(payload: dict[str, Any]) -> bytes:
     """The bytes it was given (a result read by reference, passed on as a new one)."""
     return bytes(payload["data"])
+
+
+@handler("blob_flaky")
+def blob_flaky(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails its first call for ``key``, then gives the length of ``data`` (a reader to retry)."""
+    key = payload["key"]
+    calls[key] = calls.get(key, 0) + 1
+    if calls[key] == 1:
+        raise HandlerError(f"{key}: first call fails")
+    return {"bytes": len(payload["data"])}

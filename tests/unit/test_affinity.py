@@ -106,3 +106,20 @@ async def test_the_router_sends_a_keyed_call_to_its_replica_then_the_next_two_an
     assert await router.choose_replicas(replicas[:1], keyed) == [replicas[:1]]
     assert await router.choose_replicas(replicas, None) == [replicas[:2]]
     assert seen == [unkeyed, keyed, None]
+
+
+@pytest.mark.anyio
+async def test_a_call_keyed_by_a_replica_id_goes_to_that_replica_only() -> None:
+    """The reader of a result held in its maker's process alone: that replica or nowhere (it waits
+    while the replica is full). A replica that is gone leaves the key to rank as any other."""
+    from types import SimpleNamespace
+
+    from deployments.affinity_router import ResultAffinityRouter
+
+    replicas = [SimpleNamespace(replica_id=SimpleNamespace(unique_id=u)) for u in ["a1", "b2", "c3"]]
+    router = object.__new__(ResultAffinityRouter)
+    held = SimpleNamespace(metadata=SimpleNamespace(session_id="b2"))
+    assert await router.choose_replicas(replicas, held) == [[replicas[1]]]
+    gone = [replicas[0], replicas[2]]
+    ranked = await router.choose_replicas(gone, held)
+    assert ranked[0] == [{r.replica_id.unique_id: r for r in gone}[rank("b2", ["a1", "c3"])[0]]]

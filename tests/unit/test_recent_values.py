@@ -46,3 +46,24 @@ async def test_a_value_nobody_reads_is_dropped_after_its_ttl() -> None:
     recent.keep("c", bytes(3))
     recent.clear()
     assert len(recent) == 0 and recent.nbytes == 0
+
+
+async def test_values_held_alone_never_make_room_and_wait_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value held alone has no copy in the object store: dropping it for room would make its
+    reader's maker run again, so it goes only when taken or after HELD_ALONE_TTL_S."""
+    import serve_app.runtime.recent as recent_module
+
+    monkeypatch.setattr(recent_module, "HELD_ALONE_TTL_S", 0.3)
+    recent = RecentValues(30, ttl_s=0.05)
+    assert recent.keep("alone", bytes(20), alone=True)
+    assert recent.keep("spare", bytes(10))
+    assert recent.keep("newer", bytes(10))  # the spare value makes room, not the one held alone
+    assert recent.take("spare") is None and recent.nbytes == 30 and recent.alone_nbytes == 20
+    assert not recent.keep("too_much", bytes(11), alone=True)  # only the room of values held alone counts
+    assert not recent.keep("spare2", bytes(11)) and recent.take("newer") is not None  # refused, dropping nothing
+    await asyncio.sleep(0.15)
+    assert len(recent) == 1  # a spare value would be gone by now; this one waits
+    assert recent.take("alone") is not None and recent.alone_nbytes == 0 and recent.nbytes == 0
+    recent.keep("late", bytes(5), alone=True)
+    await asyncio.sleep(0.5)
+    assert len(recent) == 0 and recent.alone_nbytes == 0  # its own, longer, time is up too

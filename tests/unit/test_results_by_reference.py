@@ -205,7 +205,7 @@ async def setup(kind: str, store_factory: StoreFactory) -> AsyncIterator[Any]:
         engines.append(eng)
         return eng
 
-    yield engine, pools.objects
+    yield engine, pools
     for eng in engines:
         await eng.shutdown()
     pools.close()
@@ -221,7 +221,7 @@ async def _until_running(engine: RunEngine, run_id: str, step: str, attempt: int
 
 
 async def test_a_kept_result_reaches_the_next_step_and_only_its_marker_is_stored(setup: Any) -> None:
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("pair", {"size": 3 * MB})
     run = await engine.wait(run.run_id, 20)
@@ -233,19 +233,22 @@ async def test_a_kept_result_reaches_the_next_step_and_only_its_marker_is_stored
     assert len(jsonio.dumps(stored.public())) < 10_000  # the 3 MB never reached the store
     assert run.step("make").attempts == 1
     assert engine._kept == {}  # released with the run: Ray frees the object
+    # Its one reader is in the maker's pool: the bytes stayed in the maker's worker, with no copy
+    # in the object store, and the reader took them there.
+    assert not pools.objects.values and pools.runners["blobs"].reused_results == 1
 
 
 async def test_a_result_no_step_reads_is_its_marker_and_makes_no_object(setup: Any) -> None:
     """Only the output reads it (or nobody): the marker is all the store and the API would show,
     so the worker makes no object (and the call needs no ObjectRef on the wire)."""
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("make_only", {"size": 2 * MB})
     run = await engine.wait(run.run_id, 20)
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.step("make").result == result_refs.marker(2 * MB, "bytes", "make")
     assert run.output == {"made": result_refs.marker(2 * MB, "bytes", "make")}
-    assert not objects.values
+    assert not pools.objects.values
     kept = engine._kept.get(run.run_id)
     assert kept is None  # released with the run
 
@@ -264,11 +267,11 @@ async def test_a_large_json_result_is_kept_and_read_whole(setup: Any) -> None:
 
 
 async def test_a_lost_result_is_made_again_before_its_reader_runs(setup: Any) -> None:
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("paused_pair", {"size": 1000, "pause": 0.3})
     await _until_running(engine, run.run_id, "pause")
-    objects.clear()  # the producer's worker died: its object is gone
+    pools.lose_results()  # the producer's worker died: its result is gone
     run = await engine.wait(run.run_id, 20)
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.step("make").attempts == 2 and run.step("stats").result["bytes"] == 1000
@@ -294,11 +297,11 @@ async def test_after_a_coordinator_restart_the_producer_runs_again(setup: Any) -
 
 
 async def test_two_readers_of_a_lost_result_make_it_again_once(setup: Any) -> None:
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("two_readers", {"size": 10, "pause": 0.3})
     await _until_running(engine, run.run_id, "pause")
-    objects.clear()
+    pools.lose_results()
     run = await engine.wait(run.run_id, 20)
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.step("make").attempts == 2  # once, for both readers
@@ -306,11 +309,11 @@ async def test_two_readers_of_a_lost_result_make_it_again_once(setup: Any) -> No
 
 
 async def test_a_producer_that_cannot_be_made_again_fails_its_reader_with_its_error(setup: Any) -> None:
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("once", {"key": uuid.uuid4().hex})
     await _until_running(engine, run.run_id, "pause")
-    objects.clear()
+    pools.lose_results()
     run = await engine.wait(run.run_id, 20)
     assert run.status is RunStatus.FAILED
     stats = run.step("stats")
@@ -320,7 +323,7 @@ async def test_a_producer_that_cannot_be_made_again_fails_its_reader_with_its_er
 
 
 async def test_every_element_of_a_map_reads_a_kept_result(setup: Any) -> None:
-    make_engine, objects = setup
+    make_engine, pools = setup
     engine = await make_engine()
     run, _ = await engine.start("mapped_readers", {"size": 2 * MB, "items": list(range(5))})
     run = await engine.wait(run.run_id, 20)
@@ -387,6 +390,65 @@ async def test_a_reader_on_the_same_worker_takes_a_bytes_result_without_the_obje
     runner.close()
 
 
+def test_a_result_held_alone_is_named_by_its_replica() -> None:
+    name = result_refs.local_handle("abc123")
+    assert result_refs.local_replica(name) == "abc123" and name != result_refs.local_handle("abc123")
+    for other in (object(), 7, "abc123", "local:", "local::x", None):
+        assert result_refs.local_replica(other) is None
+    base = {"task_id": "t", "task_type": "blob_stats", "payload": {}, "timeout_s": 5}
+    # A reader of such results alone moves no ObjectRef: it keeps the cluster's transport.
+    assert not WorkItem(**base, refs={"make": name}).moves_object_refs
+    assert WorkItem(**base, refs={"make": name, "other": object()}).moves_object_refs
+
+
+async def test_a_hand_off_keeps_bytes_in_the_makers_worker_alone_until_its_reader_takes_them() -> None:
+    objects = CountingObjects()
+    modules = ["serve_app.examples.compute", "tests.unit.byref_handlers"]
+    types = ["make_blob", "blob_stats", "big_json", "text_length", "blob_flaky"]
+
+    def worker(replica: str, cap: int = 8 * MB) -> HandlerRunner:
+        registry = HandlerRegistry.from_modules(modules, types)
+        return HandlerRunner(registry, max_concurrency=2, max_stuck_calls=2, objects=objects, recent=RecentValues(cap), replica_id=replica)
+
+    def item(task_type: str, payload: dict[str, Any], **kw: Any) -> WorkItem:
+        return WorkItem(task_id=uuid.uuid4().hex, task_type=task_type, payload=payload, timeout_s=5, **kw)
+
+    def make(size: int) -> WorkItem:
+        return item("make_blob", {"size": size}, by_ref_over=MB, keep_local=True, hand_off=True)
+
+    marker = result_refs.marker(3 * MB, "bytes", "make")
+    here, there = worker("r1"), worker("r2")
+    made = await here.run(make(3 * MB))
+    assert made.result == result_refs.marker(3 * MB, "bytes") and result_refs.local_replica(made._object_ref) == "r1"
+    assert not objects.values  # no copy in the object store
+    # The reader sent elsewhere (its replica gone, say) finds nothing: its maker is made again.
+    lost = await there.run(item("blob_stats", {"data": marker}, refs={"make": made._object_ref}))
+    assert lost.error is not None and lost.error.details["lost_result"] == "make"
+    assert "not held by this replica" in lost.error.message
+    # A reader that fails on the maker's replica leaves the value held, for its retry.
+    key = uuid.uuid4().hex
+    flaky = item("blob_flaky", {"data": marker, "key": key}, refs={"make": made._object_ref})
+    first = await here.run(flaky)
+    assert first.error is not None and first.error.code == "handler_error"
+    retried = await here.run(flaky)
+    assert retried.success and retried.result == {"bytes": 3 * MB} and here.reused_results == 2
+    assert (await here.run(flaky)).error.details["lost_result"] == "make"  # taken by the one that succeeded
+    assert objects.reads == 0
+
+    # No room beside the values already held alone, or not bytes: into the object store as before.
+    small = worker("r3", cap=4 * MB)
+    held = await small.run(make(3 * MB))
+    full = await small.run(make(2 * MB))
+    assert result_refs.local_replica(held._object_ref) == "r3" and objects.values[full._object_ref] == bytes(2 * MB)
+    doc = await small.run(item("big_json", {"size": 2000}, by_ref_over=1000, keep_local=True, hand_off=True))
+    assert objects.values[doc._object_ref] == {"text": "x" * 2000}
+    # Without hand_off (several readers, or one in another pool) the object store has it too.
+    shared = await here.run(item("make_blob", {"size": 10}, by_ref_over=MB, keep_local=True))
+    assert objects.values[shared._object_ref] == bytes(10)
+    for runner in (here, there, small):
+        runner.close()
+
+
 def recording_dispatcher(args: dict[str, Any]) -> tuple[Dispatcher, list[WorkItem]]:
     """A Dispatcher over ready pools whose calls are only recorded (and succeed)."""
     config = AppConfig.from_args(args)
@@ -408,6 +470,10 @@ async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served
     await d.submit(make, by_ref_over=MB, reader_task_types={"echo"})  # read in another pool only
     await d.submit(make, reader_task_types={"blob_stats"})  # not a step that keeps its result
     assert [w.keep_local for w in seen] == [True, False, False]
+    seen.clear()
+    await d.submit(make, by_ref_over=MB, reader_task_types={"blob_stats"}, hand_off=True)
+    await d.submit(make, by_ref_over=MB, reader_task_types={"echo"}, hand_off=True)  # its reader is elsewhere
+    assert [w.hand_off for w in seen] == [True, False]
 
 
 def test_the_task_types_that_read_a_result() -> None:
@@ -477,15 +543,24 @@ def test_a_maker_and_its_one_reader_share_a_key_along_a_chain_and_no_one_else_ge
     )
     # The reader goes where the first maker ran; the second maker keeps a key of its own.
     assert two_makers.hand_offs() == {"make": "make", "other": "other", "both": "make"}
+    # Only a maker whose reader follows it may keep its value in its own process alone.
+    assert two_makers.hand_off_makers() == {"make"}
+    assert chain.hand_off_makers() == {"make", "b", "c"}
+    assert WORKFLOWS["pair"].hand_off_makers() == {"make"}
+    assert WORKFLOWS["two_readers"].hand_off_makers() == WORKFLOWS["mapped_readers"].hand_off_makers() == frozenset()
+    maybe = spec("maybe", [MAKE, {**STATS, "when": "input.size > `10`"}])  # its reader may never come
+    assert maybe.hand_offs() == {"make": "make", "stats": "make"} and maybe.hand_off_makers() == frozenset()
 
 
 async def test_the_engine_keys_the_calls_of_a_hand_off_by_run_and_maker(kind: str, store_factory: StoreFactory) -> None:
     config = AppConfig.from_args(ARGS)
     dispatcher, _, pools = in_process_dispatcher(config)
     keys: dict[str, str | None] = {}
+    hand_offs: dict[str, bool] = {}
 
     async def submit(req: TaskRequest, **kw: Any) -> TaskResult:
         keys[req.task_id.split(".")[-2]] = kw.get("affinity")
+        hand_offs[req.task_id.split(".")[-2]] = kw.get("hand_off", False)
         return await dispatcher.submit(req, **kw)
 
     engine = RunEngine(await store_factory(kind), submit, WORKFLOWS, owner="one", lease_s=1, result_by_ref_bytes=MB)
@@ -493,10 +568,13 @@ async def test_the_engine_keys_the_calls_of_a_hand_off_by_run_and_maker(kind: st
         run, _ = await engine.start("pair", {"size": 2 * MB})
         assert (await engine.wait(run.run_id, 20)).status is RunStatus.SUCCEEDED
         assert keys == {"make": f"{run.run_id}/make", "stats": f"{run.run_id}/make"}
+        assert hand_offs == {"make": True, "stats": False}
         keys.clear()
+        hand_offs.clear()
         run, _ = await engine.start("two_readers", {"size": 2 * MB, "pause": 0})
         assert (await engine.wait(run.run_id, 20)).status is RunStatus.SUCCEEDED
         assert set(keys) == {"make", "pause", "stats", "stats2"} and set(keys.values()) == {None}
+        assert not any(hand_offs.values())
     finally:
         await engine.shutdown()
         pools.close()
@@ -513,5 +591,8 @@ async def test_only_calls_that_make_or_read_a_held_result_in_a_pool_of_several_r
     await d.submit(make, affinity="run1/make")  # a step that keeps nothing
     await d.submit(TaskRequest(task_type="echo", payload={}), refs={"make": object()}, affinity="run1/make")  # one replica
     await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"})  # no key given
-    assert [w.affinity for w in seen] == ["run1/make", "run1/make", None, None, None, None]
+    await d.submit(stats, refs={"make": result_refs.local_handle("b2")}, affinity="run1/make")  # its maker held it alone
+    await d.submit(make, by_ref_over=1, reader_task_types={"blob_stats"}, affinity="run1/make", hand_off=True)
+    assert [w.affinity for w in seen] == ["run1/make", "run1/make", None, None, None, None, "b2", "run1/make"]
+    assert seen[-1].hand_off and not seen[0].hand_off
     assert all("affinity" not in w.model_dump(mode="json") for w in seen)  # it routes; the worker never sees it
