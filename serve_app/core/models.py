@@ -197,8 +197,10 @@ class WorkItem(BaseModel):
     # copy out of the object store (serve_app.runtime.recent).
     keep_local: bool = False
     # True when the result's one reader is sent to the replica that made it (a one-to-one
-    # hand-off in this pool): a ``bytes`` result may then stay in that process alone, named by a
-    # ``result_refs.local_handle`` in place of an object reference, with no copy in the object store.
+    # hand-off in this pool, which holds results: ``reuse_results_bytes``): a result kept by
+    # reference then stays in that process, named by a ``result_refs.local_handle`` in place of
+    # an object reference (``bytes`` alone, with no copy; else its reference to the object store's
+    # copy), so no ObjectRef comes back.
     hand_off: bool = False
     # Object references of upstream results kept by reference, by producing step: the worker
     # puts each value where its marker stands in the payload. Travels beside the JSON body.
@@ -210,11 +212,11 @@ class WorkItem(BaseModel):
 
     @property
     def moves_object_refs(self) -> bool:
-        """ObjectRefs go in (``refs``: names of results held in a worker alone are plain text) or
-        may come back (a result kept by reference that a later step reads): the call must be one
-        on which Ray counts references."""
+        """ObjectRefs go in (``refs``: names of results held in a worker are plain text) or may
+        come back (a result kept by reference that a later step reads, except a hand-off's): the
+        call must be one on which Ray counts references."""
         return any(not isinstance(ref, str) for ref in self.refs.values()) or (
-            self.by_ref_over is not None and self.keep_object
+            self.by_ref_over is not None and self.keep_object and not self.hand_off
         )
 
 

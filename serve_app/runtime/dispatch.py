@@ -185,7 +185,7 @@ class Dispatcher:
             by_ref_over=by_ref_over,
             keep_object=keep_object,
             keep_local=keep_local,
-            hand_off=hand_off and keep_local,
+            hand_off=hand_off and keep_local and self._config.pools[pool].reuse_results_bytes > 0,
             refs=dict(refs),
             affinity=None if not routed else holder or (affinity if keep_local or refs else None),
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from typing import Hashable
+from typing import Any, Hashable, NamedTuple
 
 # How long a value waits for a reader on this replica; the step that reads it is normally sent
 # as soon as its maker's answer is recorded (milliseconds).
@@ -33,6 +33,13 @@ RECENT_TTL_S = 10.0
 HELD_ALONE_TTL_S = 120.0
 
 
+class InStore(NamedTuple):
+    """Held alone in place of a value that is in the object store (it did not fit, or is not
+    ``bytes``): its reference, which keeps the object alive while it is held here."""
+
+    handle: Any
+
+
 class RecentValues:
     """``bytes`` values by key, oldest dropped first beyond ``max_bytes`` (except those held alone),
     each for ``ttl_s`` (held alone: ``HELD_ALONE_TTL_S``) at most."""
@@ -40,11 +47,11 @@ class RecentValues:
     def __init__(self, max_bytes: int, *, ttl_s: float = RECENT_TTL_S) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._values: OrderedDict[Hashable, tuple[bytes, asyncio.TimerHandle]] = OrderedDict()
+        self._values: OrderedDict[Hashable, tuple[bytes | InStore, asyncio.TimerHandle]] = OrderedDict()
         self._alone: set[Hashable] = set()  # values with no copy elsewhere: never dropped for room
         self.alone_nbytes = 0
         self.nbytes = 0
-        self.taken = 0  # values handed to a reader (for tests and benchmarks)
+        self.taken = 0  # bytes handed to a reader (for tests and benchmarks)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -63,26 +70,42 @@ class RecentValues:
         spare = [k for k in self._values if k not in self._alone]
         while self.nbytes + len(value) > self.max_bytes:
             self._pop(spare.pop(0))
-        timer = asyncio.get_running_loop().call_later(HELD_ALONE_TTL_S if alone else self.ttl_s, self._pop, key)
-        self._values[key] = (value, timer)
-        self.nbytes += len(value)
-        if alone:
-            self._alone.add(key)
-            self.alone_nbytes += len(value)
+        self._hold(key, value, alone)
         return True
 
-    def take(self, key: Hashable) -> bytes | None:
-        """The value held for ``key`` (no longer held), or None."""
+    def keep_in_store(self, key: Hashable, handle: Any) -> None:
+        """Hold alone the reference of a value in the object store (it takes none of
+        ``max_bytes``), for a reader on this replica. Call on the event loop."""
+        self._pop(key)
+        self._hold(key, InStore(handle), True)
+
+    def _hold(self, key: Hashable, value: bytes | InStore, alone: bool) -> None:
+        timer = asyncio.get_running_loop().call_later(HELD_ALONE_TTL_S if alone else self.ttl_s, self._pop, key)
+        self._values[key] = (value, timer)
+        self.nbytes += _size(value)
+        if alone:
+            self._alone.add(key)
+            self.alone_nbytes += _size(value)
+
+    def take(self, key: Hashable) -> bytes | InStore | None:
+        """What is held for ``key`` (no longer held), or None."""
         value = self._pop(key)
-        if value is not None:
+        if type(value) is bytes:
             self.taken += 1
         return value
+
+    def hold_again(self, key: Hashable, value: bytes | InStore) -> None:
+        """Hold alone again what :meth:`take` gave for ``key`` (its reader did not finish)."""
+        if isinstance(value, InStore):
+            self.keep_in_store(key, value.handle)
+        else:
+            self.keep(key, value, alone=True)
 
     def clear(self) -> None:
         for key in list(self._values):
             self._pop(key)
 
-    def _pop(self, key: Hashable) -> bytes | None:
+    def _pop(self, key: Hashable) -> bytes | InStore | None:
         """Stop holding ``key``'s value (its timer too); the value, or None if none was held."""
         entry = self._values.pop(key, None)
         if entry is None:
@@ -91,6 +114,10 @@ class RecentValues:
         timer.cancel()
         if key in self._alone:
             self._alone.discard(key)
-            self.alone_nbytes -= len(value)
-        self.nbytes -= len(value)
+            self.alone_nbytes -= _size(value)
+        self.nbytes -= _size(value)
         return value
+
+
+def _size(value: bytes | InStore) -> int:
+    return 0 if isinstance(value, InStore) else len(value)

@@ -30,7 +30,7 @@ from serve_app.core.errors import (
     validation_details,
 )
 from serve_app.runtime.handlers import HandlerErrorContext, HandlerRegistry, HandlerSpec
-from serve_app.runtime.recent import RecentValues
+from serve_app.runtime.recent import InStore, RecentValues
 from serve_app.core.models import TaskResult, WorkItem
 
 logger = logging.getLogger("serveflow.runner")
@@ -145,11 +145,12 @@ class HandlerRunner:
             raise UnknownTaskType(f"task type {item.task_type!r} is not served by this pool")
         payload = item.payload
         if item.refs:
-            values = await self._fetch(item.refs)
+            held: dict[str, Any] = {}  # name -> what was held here alone under it, now taken
             try:
+                values = await self._fetch(item.refs, held)
                 return await self._call_with(spec, item, result_refs.substitute(payload, values))
             except BaseException:
-                self._hold_again(item.refs, values)
+                self._hold_again(held)  # the call did not get to the end: its retry, sent here, finds them
                 raise
         return await self._call_with(spec, item, payload)
 
@@ -186,18 +187,22 @@ class HandlerRunner:
             if not item.keep_object:
                 return result_refs.marker(*kept), None  # no step reads it: the marker is all anyone sees
             if item.hand_off and self._recent is not None and self._replica_id is not None:
-                # Its one reader is sent to this replica: the value stays here, with no copy.
+                # Its one reader is sent to this replica: the value stays here, with no copy. One
+                # that does not fit (or is not bytes) goes to the object store, and its reference
+                # stays here: no ObjectRef crosses the wire, so the call needs no actor call.
                 name = result_refs.local_handle(self._replica_id)
-                if self._recent.keep(name, value, alone=True):
-                    return result_refs.marker(*kept), name
+                if not self._recent.keep(name, value, alone=True):
+                    self._recent.keep_in_store(name, await asyncio.to_thread(self._objects.put, value))
+                return result_refs.marker(*kept), name
             handle = await asyncio.to_thread(self._objects.put, value)
             if item.keep_local and self._recent is not None:
                 self._recent.keep(self._objects.key(handle), value)
             return result_refs.marker(*kept), handle
         return self._renderable(item, value), None
 
-    async def _fetch(self, handles: Mapping[str, Any]) -> dict[str, Any]:
-        """The values of upstream results kept by reference, by producing step."""
+    async def _fetch(self, handles: Mapping[str, Any], held: dict[str, Any]) -> dict[str, Any]:
+        """The values of upstream results kept by reference, by producing step. What was held
+        here alone for this call is taken, and recorded in ``held``."""
         objects = self._objects
         if objects is None:
             raise Unavailable("this pool cannot read results kept by reference")
@@ -208,7 +213,8 @@ class HandlerRunner:
                 value = recent.take(handle) if recent is not None else None
                 if value is None:
                     raise HeldElsewhere
-                return value
+                held[handle] = value
+                return await objects.get(value.handle) if isinstance(value, InStore) else value
             value = recent.take(objects.key(handle)) if recent is not None else None
             return value if value is not None else await objects.get(handle)
 
@@ -216,24 +222,17 @@ class HandlerRunner:
         values = await asyncio.gather(*(get(handles[s]) for s in steps), return_exceptions=True)
         for step, value in zip(steps, values, strict=True):
             if isinstance(value, HeldElsewhere):
-                self._hold_again(handles, dict(zip(steps, values, strict=True)))
-                raise result_refs.lost(step, "is not held by this replica (the replica that made it is gone or busy)")
+                raise result_refs.lost(step, "is not held by this replica (the replica that made it is gone)")
             if isinstance(value, ObjectLost):
-                self._hold_again(handles, dict(zip(steps, values, strict=True)))
                 raise result_refs.lost(step, "is no longer in Ray's object store (its worker or node is gone)")
             if isinstance(value, BaseException):
                 raise value
         return dict(zip(steps, values, strict=True))
 
-    def _hold_again(self, handles: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-        """Hold again the values held here alone that a call took but did not use to the end (it
-        failed or was cancelled): a retry of the call, sent here again, finds them."""
-        if self._recent is None:
-            return
-        for step, handle in handles.items():
-            value = values.get(step)
-            if result_refs.local_replica(handle) is not None and isinstance(value, bytes):
-                self._recent.keep(handle, value, alone=True)
+    def _hold_again(self, held: Mapping[str, Any]) -> None:
+        if self._recent is not None:
+            for name, value in held.items():
+                self._recent.hold_again(name, value)
 
     @staticmethod
     def _renderable(item: WorkItem, value: Any) -> Any:

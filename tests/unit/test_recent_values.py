@@ -67,3 +67,16 @@ async def test_values_held_alone_never_make_room_and_wait_longer(monkeypatch: py
     recent.keep("late", bytes(5), alone=True)
     await asyncio.sleep(0.5)
     assert len(recent) == 0 and recent.alone_nbytes == 0  # its own, longer, time is up too
+
+
+async def test_a_reference_held_alone_takes_no_room_and_comes_back_as_it_was_taken() -> None:
+    from serve_app.runtime.recent import InStore
+
+    recent = RecentValues(10)
+    recent.keep_in_store("ref", handle := object())
+    assert recent.nbytes == 0 and recent.keep("full", bytes(10))  # the object is in the store, not here
+    taken = recent.take("ref")
+    assert taken == InStore(handle) and recent.take("ref") is None
+    recent.hold_again("ref", taken)  # its reader failed: held again for the retry
+    recent.hold_again("value", recent.take("full"))
+    assert recent.take("ref") == InStore(handle) and recent.alone_nbytes == 10 and recent.take("value") == bytes(10)

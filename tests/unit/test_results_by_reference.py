@@ -398,6 +398,8 @@ def test_a_result_held_alone_is_named_by_its_replica() -> None:
     base = {"task_id": "t", "task_type": "blob_stats", "payload": {}, "timeout_s": 5}
     # A reader of such results alone moves no ObjectRef: it keeps the cluster's transport.
     assert not WorkItem(**base, refs={"make": name}).moves_object_refs
+    # Nor does a hand-off's maker: whatever it keeps, it answers with a name.
+    assert not WorkItem(**base, by_ref_over=MB, keep_local=True, hand_off=True).moves_object_refs
     assert WorkItem(**base, refs={"make": name, "other": object()}).moves_object_refs
 
 
@@ -435,13 +437,20 @@ async def test_a_hand_off_keeps_bytes_in_the_makers_worker_alone_until_its_reade
     assert (await here.run(flaky)).error.details["lost_result"] == "make"  # taken by the one that succeeded
     assert objects.reads == 0
 
-    # No room beside the values already held alone, or not bytes: into the object store as before.
+    # No room beside the values already held alone, or not bytes: into the object store, and the
+    # worker holds the reference under the name it answers with (no ObjectRef on the wire).
     small = worker("r3", cap=4 * MB)
     held = await small.run(make(3 * MB))
     full = await small.run(make(2 * MB))
-    assert result_refs.local_replica(held._object_ref) == "r3" and objects.values[full._object_ref] == bytes(2 * MB)
     doc = await small.run(item("big_json", {"size": 2000}, by_ref_over=1000, keep_local=True, hand_off=True))
-    assert objects.values[doc._object_ref] == {"text": "x" * 2000}
+    assert {result_refs.local_replica(r._object_ref) for r in (held, full, doc)} == {"r3"}
+    assert sorted(map(str, objects.values.values())) == sorted([str(bytes(2 * MB)), str({"text": "x" * 2000})])
+    assert small.held_alone_bytes == 3 * MB  # references take none of the room
+    read_full = item("blob_flaky", {"data": result_refs.marker(2 * MB, "bytes", "make"), "key": uuid.uuid4().hex}, refs={"make": full._object_ref})
+    assert (await small.run(read_full)).error.code == "handler_error"  # fails once: the reference is held again
+    assert (await small.run(read_full)).result == {"bytes": 2 * MB} and objects.reads == 2
+    text = await small.run(item("text_length", {"doc": result_refs.marker(2011, "json", "doc")}, refs={"doc": doc._object_ref}))
+    assert text.result == {"length": 2000}
     # Without hand_off (several readers, or one in another pool) the object store has it too.
     shared = await here.run(item("make_blob", {"size": 10}, by_ref_over=MB, keep_local=True))
     assert objects.values[shared._object_ref] == bytes(10)
@@ -474,6 +483,9 @@ async def test_the_dispatcher_asks_for_a_local_hold_only_when_a_reader_is_served
     await d.submit(make, by_ref_over=MB, reader_task_types={"blob_stats"}, hand_off=True)
     await d.submit(make, by_ref_over=MB, reader_task_types={"echo"}, hand_off=True)  # its reader is elsewhere
     assert [w.hand_off for w in seen] == [True, False]
+    no_reuse, seen = recording_dispatcher({"pools": {**ARGS["pools"], "blobs": {**ARGS["pools"]["blobs"], "reuse_results_bytes": 0}}})
+    await no_reuse.submit(make, by_ref_over=MB, reader_task_types={"blob_stats"}, hand_off=True)
+    assert not seen[0].hand_off and seen[0].moves_object_refs  # a pool that holds nothing: the object store
 
 
 def test_the_task_types_that_read_a_result() -> None:
