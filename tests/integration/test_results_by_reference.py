@@ -172,3 +172,68 @@ def test_a_result_lost_with_its_worker_is_made_again(http: httpx.Client) -> None
     assert got["make"]["attempts"] == 2 and got["make"]["result"] == _marker(5 * MB)  # made again
     assert got["stats"]["result"] == _stats(5 * MB)
     wait_until(lambda: pool_settled(http, "HandlerWorker_compute", "compute"), 120, what="compute pool back")
+
+
+@pytest.mark.faults
+def test_a_value_held_alone_lost_with_its_replica_is_made_again_on_another(serve_instance: dict[str, Any]) -> None:
+    """The replica holding a maker's bytes (no copy in the object store) dies before its reader
+    is sent: the reader, keyed by that replica's id, goes to a replica that has nothing, answers
+    ``lost_result``, and the maker runs again there."""
+    args = {
+        "pools": {
+            "blobs": {
+                "handler_modules": ["serve_app.examples.compute", "serve_app.examples.basic"],
+                "task_types": ["make_blob", "blob_stats", "sleep"],
+                "num_replicas": 2,
+            }
+        },
+        "workflows": {
+            "store": "memory",
+            "definitions": [
+                {
+                    "name": "paused_pair",
+                    "steps": [
+                        {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}"}},
+                        # On either replica: the kill may end it too, and then it runs again.
+                        {"name": "pause", "task_type": "sleep", "input": {"seconds": 4}, "depends_on": ["make"], "retry": {"max_attempts": 3}},
+                        {
+                            "name": "stats",
+                            "task_type": "blob_stats",
+                            "input": {"data": "${steps.make.result}"},
+                            "depends_on": ["pause"],
+                            "retry": {"max_attempts": 3},  # a call routed before the death was noticed
+                        },
+                    ],
+                }
+            ],
+        },
+    }
+    serve.run(build_app(args), name="held_loss", route_prefix="/held_loss")
+    try:
+        with httpx.Client(base_url=serve_instance["http"] + "/held_loss", timeout=60) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="the held_loss app")
+            run_id = http.post("/v1/workflows/paused_pair/runs", json={"input": {"size": 2 * MB}}).json()["run_id"]
+            handle = serve.get_deployment_handle("HandlerWorker_blobs", "held_loss")
+            actors = {name.rsplit("#", 1)[-1]: a for name, a in replica_actors("HandlerWorker_blobs", "held_loss").items()}
+            assert len(actors) == 2
+
+            def holder() -> str | None:
+                for rid in actors:  # a key that is a replica's id reaches that replica (the pool's router)
+                    if handle.options(session_id=rid).get_status.remote().result()["details"]["held_alone_bytes"] == 2 * MB:
+                        return rid
+                return None
+
+            rid = wait_until(holder, 30, interval_s=0.02, what="the replica holding the bytes")
+            ray.kill(actors[rid], no_restart=True)
+            run = wait_until(
+                lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
+                120,
+                interval_s=0.5,
+                what="the run to end",
+            )
+        assert run["status"] == "succeeded", run["error"]
+        got = {s["name"]: s for s in run["steps"]}
+        assert got["make"]["attempts"] == 2 and got["stats"]["result"] == _stats(2 * MB)
+    finally:
+        serve.delete("held_loss")
+
