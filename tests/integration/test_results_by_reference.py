@@ -28,6 +28,16 @@ def _marker(size: int) -> dict[str, Any]:
     return {"$serveflow_ref": {"bytes": size, "kind": "bytes", "step": "make"}}
 
 
+def _ended(http: httpx.Client, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """The run, once it has succeeded or failed."""
+    return wait_until(
+        lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
+        timeout_s,
+        interval_s=0.2,
+        what="the run to end",
+    )
+
+
 def test_a_large_result_goes_by_reference_over_http_and_grpc(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     size = 20 * MB
     body = http.post("/v1/workflows/big_result/runs", json={"input": {"size": size, "pause": 0}, "wait": True}).json()
@@ -64,12 +74,7 @@ def test_between_a_maker_and_its_one_reader_the_bytes_wait_in_the_makers_worker(
     size = 7 * MB
     run_id = http.post("/v1/workflows/big_result/runs", json={"input": {"size": size, "pause": 2}}).json()["run_id"]
     wait_until(lambda: held() == size, 30, interval_s=0.05, what="the worker to hold the bytes")
-    run = wait_until(
-        lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
-        60,
-        interval_s=0.2,
-        what="the run to end",
-    )
+    run = _ended(http, run_id, 60)
     assert run["status"] == "succeeded", run["error"]
     assert {s["name"]: s for s in run["steps"]}["stats"]["result"] == _stats(size)
     assert held() == 0  # taken by the reader
@@ -161,12 +166,7 @@ def test_a_result_lost_with_its_worker_is_made_again(http: httpx.Client) -> None
     wait_until(lambda: steps()["pause"]["status"] == "running", 60, interval_s=0.1, what="the pause after make")
     for actor in replica_actors("HandlerWorker_compute").values():
         ray.kill(actor, no_restart=True)  # the worker that owns the bytes: they are gone with it
-    run = wait_until(
-        lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
-        120,
-        interval_s=0.5,
-        what="the run to end",
-    )
+    run = _ended(http, run_id, 120)
     assert run["status"] == "succeeded", run["error"]
     got = {s["name"]: s for s in run["steps"]}
     assert got["make"]["attempts"] == 2 and got["make"]["result"] == _marker(5 * MB)  # made again
@@ -225,12 +225,7 @@ def test_a_value_held_alone_lost_with_its_replica_is_made_again_on_another(serve
 
             rid = wait_until(holder, 30, interval_s=0.02, what="the replica holding the bytes")
             ray.kill(actors[rid], no_restart=True)
-            run = wait_until(
-                lambda: (r := http.get(f"/v1/runs/{run_id}").json()["run"])["status"] in ("succeeded", "failed") and r,
-                120,
-                interval_s=0.5,
-                what="the run to end",
-            )
+            run = _ended(http, run_id, 120)
         assert run["status"] == "succeeded", run["error"]
         got = {s["name"]: s for s in run["steps"]}
         assert got["make"]["attempts"] == 2 and got["stats"]["result"] == _stats(2 * MB)
