@@ -127,10 +127,11 @@ class PoolConfig(ReplicaOptions):
         ge=0,
         description="Bytes of workflow step results (bytes, kept by reference) that a replica of this pool holds "
         "in its own process for a reader of this pool. A result whose one reader is in this pool stays there "
-        "alone, with no copy in Ray's object store, and the reader is sent to that replica; one that does not "
-        "fit, or has other readers, is in the object store and held here for 10 s as well, so that a reader "
-        "landing on this replica takes it without a copy out. With several replicas, a maker and its reader go "
-        "to one replica (other calls are routed as Serve routes them). 0: off (everything in the object store).",
+        "alone, with no copy in Ray's object store, and the reader is sent to that replica (if it does not fit, "
+        "it goes to the object store, and the replica keeps its reference). A result with other readers is in "
+        "the object store and held here for 10 s as well, so that a reader landing on this replica takes it "
+        "without a copy out. With several replicas, a maker and its reader go to one replica (other calls are "
+        "routed as Serve routes them). 0: off (everything in the object store).",
     )
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(256, ge=-1, description="-1 = unbounded; beyond it callers get 'overloaded'.")
