@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serve_app.runtime.recent import RecentValues
 
@@ -80,3 +82,62 @@ async def test_a_reference_held_alone_takes_no_room_and_comes_back_as_it_was_tak
     recent.hold_again("ref", taken)  # its reader failed: held again for the retry
     recent.hold_again("value", recent.take("full"))
     assert recent.take("ref") == InStore(handle) and recent.alone_nbytes == 10 and recent.take("value") == bytes(10)
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["keep", "keep_alone", "keep_in_store", "take", "hold_again", "clear"]),
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.integers(min_value=0, max_value=40),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(OPS)
+def test_the_byte_counts_hold_under_any_sequence_of_calls(ops: list[tuple[str, str, int]]) -> None:
+    """Whatever is kept, taken, held again or cleared: the counts are the sum of what is held,
+    never over ``max_bytes``, and a value held alone is gone only when taken or cleared."""
+    from serve_app.runtime.recent import InStore
+
+    async def run() -> None:
+        recent = RecentValues(64)
+        model: dict[str, tuple[bytes | InStore, bool]] = {}  # key -> (what, held alone)
+        taken: dict[str, bytes | InStore] = {}
+        for op, key, size in ops:
+            if op in ("keep", "keep_alone"):
+                alone = op == "keep_alone"
+                if recent.keep(key, bytes(size), alone=alone):
+                    model[key] = (bytes(size), alone)
+                else:
+                    model.pop(key, None)  # kept again: the old value is let go either way
+            elif op == "keep_in_store":
+                recent.keep_in_store(key, size)
+                model[key] = (InStore(size), True)
+            elif op == "take":
+                got = recent.take(key)
+                assert got == (model.pop(key)[0] if key in model else None)
+                if got is not None:
+                    taken[key] = got
+            elif op == "hold_again" and key in taken:
+                recent.hold_again(key, taken.pop(key))
+                model.pop(key, None)
+            else:
+                recent.clear()
+                model.clear()
+            # Spare values may have made room: only those may be missing from the model's view.
+            for k in [k for k, (_, alone) in model.items() if not alone]:
+                if recent.take(k) is None:
+                    del model[k]
+                else:
+                    recent.keep(k, model[k][0])
+            held = {k: v for k, (v, _) in model.items()}
+            assert {k for k, (_, alone) in model.items() if alone} <= set(recent._values)
+            assert recent.nbytes == sum(len(v) for v in held.values() if isinstance(v, bytes)) <= 64
+            assert recent.alone_nbytes == sum(
+                len(v) for k, (v, alone) in model.items() if alone and isinstance(v, bytes)
+            )
+        recent.clear()
+
+    asyncio.run(run())
