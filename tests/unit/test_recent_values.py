@@ -94,7 +94,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(OPS)
 def test_the_byte_counts_hold_under_any_sequence_of_calls(ops: list[tuple[str, str, int]]) -> None:
     """Whatever is kept, taken, held again or cleared: the counts are the sum of what is held,
@@ -121,8 +121,11 @@ def test_the_byte_counts_hold_under_any_sequence_of_calls(ops: list[tuple[str, s
                 if got is not None:
                     taken[key] = got
             elif op == "hold_again" and key in taken:
-                recent.hold_again(key, taken.pop(key))
-                model.pop(key, None)
+                again = taken.pop(key)
+                if recent.hold_again(key, again):
+                    model[key] = (again, True)
+                else:
+                    model.pop(key, None)
             else:
                 recent.clear()
                 model.clear()
