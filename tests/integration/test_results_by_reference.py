@@ -156,6 +156,71 @@ def test_with_two_replicas_each_reader_goes_to_the_replica_that_made_its_bytes(s
         serve.delete("affinity")
 
 
+def test_a_reader_waits_for_the_busy_replica_that_holds_its_bytes_rather_than_go_elsewhere(
+    serve_instance: dict[str, Any],
+) -> None:
+    """Each replica takes one call at a time. While the reader's turn comes, the replica holding
+    its bytes is busy with another call and the other one is free: the reader waits for its
+    replica and takes the bytes there. (Sent to the free one, it would find nothing and the maker
+    would run again.)"""
+    args = {
+        "pools": {
+            "general": {"handler_modules": ["serve_app.examples.basic"], "task_types": ["sleep"]},
+            "blobs": {
+                "handler_modules": ["serve_app.examples.compute", "tests.unit.byref_handlers"],
+                "task_types": ["make_blob", "blob_stats", "busy"],
+                "num_replicas": 2,
+                "max_ongoing_requests": 1,
+            },
+        },
+        "workflows": {
+            "store": "memory",
+            "definitions": [
+                {
+                    "name": "gated_pair",
+                    "steps": [
+                        {"name": "make", "task_type": "make_blob", "input": {"size": "${input.size}"}},
+                        {"name": "gate", "task_type": "sleep", "input": {"seconds": 2}, "depends_on": ["make"]},
+                        {"name": "stats", "task_type": "blob_stats", "input": {"data": "${steps.make.result}"}, "depends_on": ["gate"]},
+                    ],
+                }
+            ],
+        },
+    }
+    serve.run(build_app(args), name="busy_holder", route_prefix="/busy_holder")
+    try:
+        with httpx.Client(base_url=serve_instance["http"] + "/busy_holder", timeout=60) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="the busy_holder app")
+            worker = serve.get_deployment_handle("HandlerWorker_blobs", "busy_holder")
+            replicas = [name.rsplit("#", 1)[-1] for name in replica_actors("HandlerWorker_blobs", "busy_holder")]
+            assert len(replicas) == 2
+
+            def status(rid: str) -> dict[str, Any]:  # a key that is a replica's id reaches that replica
+                return worker.options(session_id=rid).get_status.remote().result()["details"]
+
+            run_id = http.post("/v1/workflows/gated_pair/runs", json={"input": {"size": MB}}).json()["run_id"]
+            holder = wait_until(
+                lambda: next((rid for rid in replicas if status(rid)["held_alone_bytes"] == MB), None),
+                30,
+                interval_s=0.02,
+                what="the replica holding the bytes",
+            )
+            # Keep the holder busy past the gate's end.
+            busy = worker.options(session_id=holder).run.remote(
+                {"task_id": "busy", "task_type": "busy", "payload": {"seconds": 4}, "timeout_s": 30}
+            )
+            run = _ended(http, run_id, 60)
+            busy.result()
+        assert run["status"] == "succeeded", run["error"]
+        got = {s["name"]: s for s in run["steps"]}
+        assert got["stats"]["result"] == _stats(MB)
+        assert got["make"]["attempts"] == 1  # never made again: the reader found its bytes
+        assert got["stats"]["started_at"] >= got["gate"]["finished_at"]
+        assert status(holder)["reused_results"] == 1 and status(holder)["held_alone_bytes"] == 0
+    finally:
+        serve.delete("busy_holder")
+
+
 @pytest.mark.faults
 def test_a_result_lost_with_its_worker_is_made_again(http: httpx.Client) -> None:
     run_id = http.post("/v1/workflows/big_result/runs", json={"input": {"size": 5 * MB, "pause": 4}}).json()["run_id"]

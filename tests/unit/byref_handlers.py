@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from serve_app.core.errors import HandlerError
@@ -47,3 +48,10 @@ def blob_flaky(payload: dict[str, Any]) -> dict[str, Any]:
     if calls[key] == 1:
         raise HandlerError(f"{key}: first call fails")
     return {"bytes": len(payload["data"])}
+
+
+@handler("busy")
+def busy(payload: dict[str, Any]) -> dict[str, Any]:
+    """Keeps its replica's one slot for ``seconds``."""
+    time.sleep(payload["seconds"])
+    return {}
