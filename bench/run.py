@@ -6,9 +6,10 @@
 Measures (medians over repeats, ratios taken within this one run):
   1. single-task noop over HTTP and gRPC, concurrency 1 and 16, serveflow vs a
      hand-written Ray Serve app with the same hops (bench/baseline.py);
-  2. workflow overhead: chain of 10 noop steps (per-step ms; serveflow's run from its start
-     to its end as recorded, plain Ray from the first submission to ray.get; 30 of each,
-     alternating) and a fan-out of 16 sleeping steps (makespan vs critical path), vs the
+  2. workflow overhead: chain of 10 noop steps, ordered by depends_on and again with each
+     step reading the one before whole (per-step ms; serveflow's run from its start to its
+     end as recorded, plain Ray from the first submission to ray.get; 30 of each,
+     alternating), and a fan-out of 16 sleeping steps (makespan vs critical path), vs the
      same DAG as plain Ray tasks;
   3. durable-store cost: async runs/s with SQLite vs the in-memory store;
   4. startup of `serve run serve_config.yaml` to all deployments HEALTHY, and idle RSS.
@@ -150,6 +151,13 @@ def bench_args(store: str, store_path: str) -> dict[str, Any]:
                     + [{"name": f"s{i}", "task_type": "noop", "depends_on": [f"s{i-1}"]} for i in range(1, 10)],
                 },
                 {
+                    # The same chain, each step reading the one before whole, as plain Ray's chain
+                    # passes each result on as an ObjectRef.
+                    "name": "chain10_data",
+                    "steps": [{"name": "s0", "task_type": "noop"}]
+                    + [{"name": f"s{i}", "task_type": "noop", "input": {"prev": f"${{steps.s{i-1}.result}}"}} for i in range(1, 10)],
+                },
+                {
                     "name": "fanout16",
                     "steps": [{"name": f"f{i}", "task_type": "sleep", "input": {"seconds": 1.0}} for i in range(16)]
                     + [{"name": "join", "task_type": "noop", "depends_on": [f"f{i}" for i in range(16)]}],
@@ -249,11 +257,12 @@ def bench_workflows(http: str, repeats: int, chain_runs: int = 30) -> dict[str, 
 
     ray.get(noop.remote())
     ray.get(noop.remote(*[sleep1.remote() for _ in range(16)]))  # warm-up: start the worker processes
-    chain, ray_chain, ray_fan = [], [], []
+    chain, data_chain, ray_chain, ray_fan = [], [], [], []
     with httpx.Client(base_url=http, timeout=180) as c:
-        _run_wait(c, "chain10"), ray_chain10()
+        _run_wait(c, "chain10"), _run_wait(c, "chain10_data"), ray_chain10()
         for _ in range(chain_runs):
             chain.append(_run_wait(c, "chain10"))
+            data_chain.append(_run_wait(c, "chain10_data"))
             ray_chain.append(ray_chain10())
         fan = [_run_wait(c, "fanout16") for _ in range(repeats)]
     for _ in range(repeats):
@@ -266,6 +275,7 @@ def bench_workflows(http: str, repeats: int, chain_runs: int = 30) -> dict[str, 
     return {
         "chain10_s": chain_s,
         "chain10_per_step_ms": chain_s / 10 * 1000,
+        "chain10_data_per_step_ms": statistics.median(span(r) for r in data_chain) / 10 * 1000,
         "ray_chain10_s": statistics.median(ray_chain),
         "ray_per_step_ms": statistics.median(ray_chain) / 10 * 1000,
         "fanout16_makespan_s": fan_s,
@@ -388,6 +398,8 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
         f"| chain of 10 noop steps, total | {w['chain10_s'] * 1000:.0f} ms | {w['ray_chain10_s'] * 1000:.0f} ms |",
         f"| per-step overhead | {w['chain10_per_step_ms']:.2f} ms | {w['ray_per_step_ms']:.2f} ms |",
         f"| per-step ratio (target ≤ 1.3) | {w['chain10_per_step_ms'] / w['ray_per_step_ms']:.2f} | |",
+        f"| per-step, each step reading the one before whole | {w['chain10_data_per_step_ms']:.2f} ms | {w['ray_per_step_ms']:.2f} ms |",
+        f"| per-step ratio, results passed | {w['chain10_data_per_step_ms'] / w['ray_per_step_ms']:.2f} | |",
         f"| fan-out of 16 × sleep(1 s) + join, makespan | {w['fanout16_makespan_s']:.2f} s | {w['ray_fanout16_s']:.2f} s |",
         f"| critical path (longest sleep step + join step) | {w['fanout16_critical_path_s']:.2f} s | 1.00 s |",
         f"| makespan / critical path (target ≤ 1.2) | {w['fanout16_ratio']:.2f} | {w['ray_fanout16_s']:.2f} |",
