@@ -67,9 +67,10 @@ class RecentValues:
         self._pop(key)
         if self.alone_nbytes + len(value) > self.max_bytes:
             return False
-        spare = [k for k in self._values if k not in self._alone]
-        while self.nbytes + len(value) > self.max_bytes:
-            self._pop(spare.pop(0))
+        if self.nbytes + len(value) > self.max_bytes:  # the oldest values not held alone make room
+            spare = iter([k for k in self._values if k not in self._alone])
+            while self.nbytes + len(value) > self.max_bytes:
+                self._pop(next(spare))
         self._hold(key, value, alone)
         return True
 
