@@ -172,8 +172,8 @@ class Dispatcher:
             )
         self._readiness.check(pool)
         deadline = self.deadline_for(pool, req.timeout_s)
+        pool_config = self._config.pools[pool]
         keep_local = by_ref_over is not None and any(self._routes.get(t) == pool for t in reader_task_types)
-        routed = self._config.pools[pool].result_affinity
         # A reader of a result held in its maker's process alone goes to that replica, by its id.
         holder = next(filter(None, map(result_refs.local_replica, refs.values())), None)
         item = WorkItem(
@@ -185,9 +185,9 @@ class Dispatcher:
             by_ref_over=by_ref_over,
             keep_object=keep_object,
             keep_local=keep_local,
-            hand_off=hand_off and keep_local and self._config.pools[pool].reuse_results_bytes > 0,
+            hand_off=hand_off and keep_local and pool_config.reuse_results_bytes > 0,
             refs=dict(refs),
-            affinity=None if not routed else holder or (affinity if keep_local or refs else None),
+            affinity=None if not pool_config.result_affinity else holder or (affinity if keep_local or refs else None),
         )
         retries = self._config.idempotent_retries if self._idempotent(pool, req) else 0
         if self._observer is not None:

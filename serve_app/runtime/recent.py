@@ -74,12 +74,11 @@ class RecentValues:
         self._hold(key, value, alone)
         return True
 
-    def keep_in_store(self, key: Hashable, handle: Any) -> bool:
+    def keep_in_store(self, key: Hashable, handle: Any) -> None:
         """Hold alone the reference of a value in the object store (it takes none of
-        ``max_bytes``), for a reader on this replica; always True. Call on the event loop."""
+        ``max_bytes``), for a reader on this replica. Call on the event loop."""
         self._pop(key)
         self._hold(key, InStore(handle), True)
-        return True
 
     def _hold(self, key: Hashable, value: bytes | InStore, alone: bool) -> None:
         timer = asyncio.get_running_loop().call_later(HELD_ALONE_TTL_S if alone else self.ttl_s, self._pop, key)
@@ -100,7 +99,8 @@ class RecentValues:
         """Hold alone again what :meth:`take` gave for ``key`` (its reader did not finish); False
         when there is no room for it any more (its reader then has its maker run again)."""
         if isinstance(value, InStore):
-            return self.keep_in_store(key, value.handle)
+            self.keep_in_store(key, value.handle)  # takes no room: always held
+            return True
         return self.keep(key, value, alone=True)
 
     def clear(self) -> None:
