@@ -2,12 +2,12 @@
 
     python -m bench.ingress                  # every mode, both systems (about 12 minutes on 2 cores)
     python -m bench.ingress --modes default throughput --seconds 8
-    python -m bench.ingress --modes throughput --defaults-vs-defaults --repeats 3   # the two comparisons
+    python -m bench.ingress --modes haproxy --defaults-vs-defaults --repeats 3   # the two comparisons
 
-For each mode — ``default`` (Serve as it ships), ``throughput`` (serveflow's default profile:
-``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` behind Serve's proxy), ``serve-throughput`` (Serve's
-throughput mode as it ships, direct ingress included) and ``haproxy`` (that plus
-``RAY_SERVE_ENABLE_HA_PROXY=1``) — and each system (serveflow from ``serve_config.yaml`` with every feature on: SQLite store, gRPC
+For each mode — ``default`` (Serve as it ships), ``throughput`` (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
+behind Serve's proxy), ``serve-throughput`` (Serve's throughput mode as it ships, direct ingress
+included) and ``haproxy`` (serveflow's default profile: that plus ``RAY_SERVE_ENABLE_HA_PROXY=1``
+and a 2 s drain) — and each system (serveflow from ``serve_config.yaml`` with every feature on: SQLite store, gRPC
 ingress, health probing, tracing, metrics; the hand-written app of ``bench/baseline.py`` with the
 same hops and CPU shares) this starts ``serve run`` from nothing — Serve reads these switches
 when its processes start, so every combination gets a fresh cluster — and measures a ``noop``
@@ -39,15 +39,16 @@ from typing import Any
 import httpx
 
 from bench.run import ROOT, SERVICER, ServeRun, _machine, insert_section, run_load
-from serve_app.core.settings import SERVE_PROFILES
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
 
 # Every mode sets SERVEFLOW_SERVE_PROFILE too, so nothing in serveflow adds switches of its own.
 MODES: dict[str, dict[str, str]] = {
     "default": {"SERVEFLOW_SERVE_PROFILE": "serve-defaults"},  # Serve as it ships
-    "throughput": {"SERVEFLOW_SERVE_PROFILE": "throughput", **SERVE_PROFILES["throughput"]},  # serveflow's default
+    "throughput": {"SERVEFLOW_SERVE_PROFILE": "throughput", **SERVE_PROFILES["throughput"]},
     "serve-throughput": {"SERVEFLOW_SERVE_PROFILE": "serve-defaults", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "haproxy": {"SERVEFLOW_SERVE_PROFILE": "haproxy", **SERVE_PROFILES["haproxy"]},
+    "haproxy": {"SERVEFLOW_SERVE_PROFILE": "haproxy", **SERVE_PROFILES["haproxy"]},  # serveflow's default
 }
+assert DEFAULT_SERVE_PROFILE in MODES
 HTTP_URL, GRPC_TARGET = "http://127.0.0.1:8000", "127.0.0.1:9000"
 TASKS_URL = f"{HTTP_URL}/v1/tasks"
 TASK = {"task_type": "noop", "payload": {}}
@@ -218,7 +219,7 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, path: Path) 
             "Defaults against defaults, measured as a pair (serveflow's default profile and the hand-written",
             "app on Serve's defaults, alternating start by start, so drift between modes does not enter):",
             "",
-            "| load | serveflow (throughput) req/s | baseline (Serve defaults) req/s | ratio (≥ 1.25) | serveflow p50 ms | baseline p50 ms |",
+            f"| load | serveflow ({DEFAULT_SERVE_PROFILE}) req/s | baseline (Serve defaults) req/s | ratio (≥ 1.25) | serveflow p50 ms | baseline p50 ms |",
             "|---|---|---|---|---|---|",
         ]
         for key, label in LOADS:
@@ -244,7 +245,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument(
-        "--defaults-vs-defaults", action="store_true", help="also serveflow (throughput) against the baseline (Serve defaults), alternating"
+        "--defaults-vs-defaults", action="store_true", help="also serveflow (its default profile) against the baseline (Serve defaults), alternating"
     )
     args = parser.parse_args()
     wrk = subprocess.run([wrk_binary(), "-v"], capture_output=True, text=True).stdout.splitlines()
@@ -261,7 +262,7 @@ def main() -> None:
                     print(log.read_text()[-3000:], flush=True)
             print(json.dumps({mode: results["modes"][mode]}), flush=True)
         if args.defaults_vs_defaults:
-            results["defaults_vs_defaults"] = bench_mode("throughput", args.repeats, args.seconds, Path(tmp), "default")
+            results["defaults_vs_defaults"] = bench_mode(DEFAULT_SERVE_PROFILE, args.repeats, args.seconds, Path(tmp), "default")
             print(json.dumps({"defaults_vs_defaults": results["defaults_vs_defaults"]}), flush=True)
     print(write_report(results, args, Path(args.out)))
 

@@ -48,6 +48,34 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
+def haproxy_host_env(directory: str, *, http_ports: range, grpc_ports: range) -> dict[str, str]:
+    """Serve's settings for a cluster that shares its host with another one under HAProxy (the
+    default profile): HAProxy's config file, admin and metrics sockets and server state go under
+    ``directory``; its stats and metrics ports and the fallback proxy's ports are free ones; the
+    ingress replicas' own ports come from ``http_ports`` and ``grpc_ports``. Serve's defaults for
+    all of these are fixed host-wide (``/tmp/haproxy-serve``, 8404, 9101, 8500, 9500, 30000-31000,
+    40000-41000), so two clusters on one host overwrite each other's HAProxy config otherwise.
+    Serve reads them when its processes start: put them in the environment of the command that
+    starts the cluster (``ray start``, ``serve run`` or :func:`serve_app.core.connect.connect`).
+    Keep ``directory`` short: Serve puts the sockets in a folder per node (56 characters) below it,
+    and HAProxy refuses a socket path over 97 bytes."""
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{directory}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{directory}/admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{directory}/metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": directory,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{directory}/server-state",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_ports.start),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_ports.stop - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_ports.start),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_ports.stop - 1),
+    }
+
+
 class LocalObjects:
     """An in-process stand-in for Ray's object store (results kept by reference); ``clear`` loses
     every object the way a dead worker or node does."""

@@ -21,7 +21,7 @@ def connect(*, address: str | None = None, namespace: str | None = None, **init_
     ``address``/``namespace`` default to ``RAY_ADDRESS``/``RAY_NAMESPACE``. With
     no address (or ``"local"``) a local cluster is started (``init_kwargs`` such as
     ``num_cpus`` apply only then), with Serve's switches of ``SERVEFLOW_SERVE_PROFILE``
-    (default ``throughput``) in its environment: its processes inherit it from here. An
+    (default ``haproxy``) in its environment: its processes inherit it from here. An
     existing cluster keeps the switches it was started with.
     """
     import ray

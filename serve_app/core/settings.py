@@ -18,18 +18,27 @@ GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
 # only take effect for a cluster started with them in its environment (see ``connect``). Measured
 # in bench/ingress.py; BENCHMARKS.md has the figures and the trade-offs.
 SERVE_PROFILES: dict[str, dict[str, str]] = {
-    # Serve's throughput mode (gRPC between the proxy and replicas and between replicas, user code
-    # on the replica's event loop, buffered access logs, GC frozen after start-up) but through
-    # Serve's proxy. Its direct ingress drains an ingress replica for 30 s and `serve.shutdown()`
-    # returns before the controller exits (a `serve.start()` then dies with it); HAProxy also
-    # keeps host-wide fixed config, socket and ports: BENCHMARKS.md, "Ingress modes".
+    # serveflow's default: Serve's throughput mode (gRPC between replicas, user code on the
+    # replica's event loop, buffered access logs, GC frozen after start-up) with HAProxy in front
+    # of the ingress replicas (Serve's bundled HAProxy 2.8): HTTP and gRPC reach the Coordinator
+    # without Serve's Python proxy. An ingress replica that stops is drained for 2 s instead of
+    # Serve's 30 (HAProxy takes it out of rotation within a reload, ~0.1 s, and retries a refused
+    # connection on another replica). HAProxy keeps host-wide files and ports: a second cluster
+    # on one host needs its own (``serve_app.testing.haproxy_host_env``). BENCHMARKS.md, "Ingress
+    # modes", has the figures and the trade-offs.
+    "haproxy": {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        **GRPC_MESSAGE_ENV,
+    },
+    # Serve's throughput mode behind Serve's own proxy (no direct ingress): the default before
+    # HAProxy; nothing host-wide, and a stopping Coordinator is not drained.
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", **GRPC_MESSAGE_ENV},
-    # The above plus HAProxy in front of the ingress replicas (bundled binary, HAProxy 2.8).
-    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1", **GRPC_MESSAGE_ENV},
     # Serve exactly as it ships.
     "serve-defaults": {},
 }
-DEFAULT_SERVE_PROFILE = "throughput"
+DEFAULT_SERVE_PROFILE = "haproxy"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Iterator
 
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from serve_app.core.connect import connect, disconnect
-from serve_app.testing import free_port
+from serve_app.testing import free_port, haproxy_host_env
 
 POOLS: dict[str, Any] = {
     "general": {
@@ -266,6 +268,11 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     # An ObjectRef pickled out of band (outside Ray's own serialization, e.g. by Serve's gRPC
     # transport) is pinned for the life of its process: a leak. Here it is an error instead.
     os.environ["RAY_allow_out_of_band_object_ref_serialization"] = "0"
+    # HAProxy's files and ports of this cluster's own (the multi-node test starts a second cluster
+    # on this host, and a `serve run` of the README may be up too); Serve ignores them without it.
+    # A short path: HAProxy's socket paths (here/<node id>/admin.sock) have a limit of 97 bytes.
+    haproxy_dir = tempfile.mkdtemp(prefix="sfh-")
+    os.environ.update(haproxy_host_env(haproxy_dir, http_ports=range(34000, 35000), grpc_ports=range(44000, 45000)))
     # Logical CPUs: replicas ask for fractions; this is a scheduling budget, not real cores.
     connect(
         address="local",
@@ -310,6 +317,7 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     finally:
         serve.shutdown()
         disconnect()
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 @pytest.fixture

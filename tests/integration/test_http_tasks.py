@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
 from typing import Any
 
 import httpx
+import psutil
 import ray
 
 from tests.integration.faults import replica_actors
@@ -141,16 +143,27 @@ def test_liveness_readiness_status(http: httpx.Client) -> None:
     assert http.get("/openapi.json").json()["paths"]["/v1/tasks"]["post"]["operationId"] == "submitTask"
 
 
-def test_session_cluster_runs_the_default_serve_profile(serve_instance: dict[str, Any]) -> None:
+def test_session_cluster_runs_the_default_serve_profile(serve_instance: dict[str, Any], http: httpx.Client) -> None:
     """connect() started this cluster with serveflow's default profile: Serve's throughput mode
-    (gRPC between replicas) behind Serve's proxy (no direct ingress)."""
-    def switches(_self: Any) -> tuple[Any, Any]:
+    (gRPC between replicas) with HAProxy in front of the Coordinator (direct ingress), whose
+    replicas drain for 2 s when they stop, not 30."""
+    def switches(_self: Any) -> tuple[Any, ...]:
         from ray.serve._private import constants
 
-        return constants.RAY_SERVE_USE_GRPC_BY_DEFAULT, constants.RAY_SERVE_ENABLE_DIRECT_INGRESS
+        return (
+            constants.RAY_SERVE_USE_GRPC_BY_DEFAULT,
+            constants.RAY_SERVE_ENABLE_DIRECT_INGRESS,
+            constants.RAY_SERVE_ENABLE_HA_PROXY,
+            constants.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+        )
 
     replica = next(iter(replica_actors("Coordinator").values()))
-    assert ray.get(replica.__ray_call__.remote(switches), timeout=30) == (True, False)
+    assert ray.get(replica.__ray_call__.remote(switches), timeout=30) == (True, True, True, 2.0)
+    # Requests reach the Coordinator through this cluster's own HAProxy (conftest moved its files).
+    haproxy = [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "haproxy"]
+    own_dir = os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + "/"  # Serve adds a folder per node
+    assert any(own_dir in " ".join(p.info["cmdline"] or []) for p in haproxy), [p.info for p in haproxy]
+    assert http.post("/v1/tasks", json={"task_type": "echo", "payload": {"message": "via haproxy"}}).json()["success"]
 
 
 def test_replicas_call_downstream_over_the_clusters_transport(serve_instance: dict[str, Any], http: httpx.Client) -> None:

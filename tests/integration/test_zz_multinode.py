@@ -35,7 +35,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.testing import free_port
+from serve_app.testing import free_port, haproxy_host_env
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.faults
@@ -80,6 +80,8 @@ class Cluster:
             # One proxy (on the head) for both nodes: without this it would send every request
             # to the head's own Coordinator, and the other would drive no run worth losing.
             "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+            # Its own HAProxy files and ports: the session's cluster (same host) has its own.
+            **haproxy_host_env(self.temp_dir, http_ports=range(35000, 36000), grpc_ports=range(45000, 46000)),
         }
         self.serve_proc: subprocess.Popen[bytes] | None = None
 
@@ -172,6 +174,10 @@ def cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with httpx.Client(base_url=f"http://127.0.0.1:{c.http_port}", timeout=10) as http:
             wait_until(lambda: http.get("/readyz").status_code == 200, 180, what="the two-node app ready")
             wait_until(lambda: _coordinator_nodes(http) == 2, 60, what="a Coordinator on each node")
+            # Serve says both run; the ingress (HAProxy in the default profile) adds the second to
+            # its rotation after a reload and two passed health checks: wait until both answer.
+            answered: set[str] = set()
+            wait_until(lambda: answered.add(_answering_coordinator(http)) or len(answered) == 2, 60, interval_s=0.1, what="both Coordinators answering through the ingress")
         yield c
     finally:
         c.stop()
@@ -180,6 +186,10 @@ def cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def _coordinator_nodes(http: httpx.Client) -> int:
     states = http.get("/v1/status").json()["deployments"].get("Coordinator", {}).get("replica_states", {})
     return int(states.get("RUNNING", 0))
+
+
+def _answering_coordinator(http: httpx.Client) -> str:
+    return str(http.get("/v1/status").json()["components"]["Coordinator"]["details"]["replica_id"])
 
 
 def _owners(dsn: str, runs: dict[str, str]) -> collections.Counter[str]:

@@ -28,3 +28,17 @@ def test_a_port_someone_listens_on_is_never_handed_out(monkeypatch: pytest.Monke
         monkeypatch.setattr(testing.random, "choice", lambda _: next(draws))
         monkeypatch.setattr(testing, "_handed_out", set())
         assert testing.free_port() == 23456
+
+
+def test_haproxy_host_env_moves_every_host_wide_file_and_port() -> None:
+    env = testing.haproxy_host_env("/tmp/x", http_ports=range(35000, 36000), grpc_ports=range(45000, 46000))
+    paths = {k: v for k, v in env.items() if not k.endswith("_PORT")}
+    assert paths and all(v == "/tmp/x" or v.startswith("/tmp/x/") for v in paths.values())
+    ports = [int(env[k]) for k in env if k.endswith("_PORT") and "DIRECT_INGRESS" not in k]
+    assert len(ports) == len(set(ports)) == 4 and 8404 not in ports and 9101 not in ports
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("35000", "35999")
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"]) == ("45000", "45999")
+    # Every name is one Serve reads.
+    from ray.serve._private import constants
+
+    assert all(hasattr(constants, k) for k in env)

@@ -7,10 +7,17 @@ import pytest
 from serve_app.core.settings import DEFAULT_SERVE_PROFILE, GRPC_MESSAGE_ENV, SERVE_PROFILES, Settings
 
 
-def test_default_profile_is_throughput_optimized() -> None:
+def test_default_profile_is_haproxy_in_front_of_throughput_mode() -> None:
     s = Settings.from_env({})
-    assert s.serve_profile == DEFAULT_SERVE_PROFILE == "throughput"
+    assert s.serve_profile == DEFAULT_SERVE_PROFILE == "haproxy"
     assert s.serve_environment({}) == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+    }
+    # The profile before it stays selectable: Serve's proxy, no HAProxy.
+    assert Settings.from_env({"SERVEFLOW_SERVE_PROFILE": "throughput"}).serve_environment({}) == {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
@@ -31,7 +38,11 @@ def test_profiles_and_explicit_switches() -> None:
     ha = Settings.from_env({"SERVEFLOW_SERVE_PROFILE": "haproxy"})
     assert ha.serve_environment({}) == SERVE_PROFILES["haproxy"]
     # A switch the operator set explicitly (even to 0) is left alone.
-    assert ha.serve_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **GRPC_MESSAGE_ENV}
+    assert ha.serve_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        **GRPC_MESSAGE_ENV,
+    }
 
 
 def test_unknown_profile_is_a_clear_error() -> None:
