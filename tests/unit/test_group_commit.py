@@ -67,7 +67,13 @@ async def test_a_write_never_waits_on_the_loop_for_another_connections_lock(tmp_
     other.execute("COMMIT")
     assert await write == 1
     assert writes.inline == 0
-    assert db.execute("PRAGMA busy_timeout").fetchone() == (5000,)  # the connection's own timeout is back
+    # At rest the connection does not wait (the loop's calls need no PRAGMA); the thread waited
+    # above with the connection's own timeout, and a read in a thread does too.
+    assert db.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    other.execute("BEGIN IMMEDIATE")
+    assert await writes.run(lambda: db.execute("PRAGMA busy_timeout").fetchone()) == (5000,)
+    other.execute("COMMIT")
+    assert db.execute("PRAGMA busy_timeout").fetchone() == (0,)
 
 
 async def test_checkpoints_run_beside_the_writes(tmp_path: Path) -> None:
