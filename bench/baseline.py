@@ -41,3 +41,41 @@ class BaselineIngress:
 def build_baseline(args: dict[str, Any] | None = None) -> Any:
     """Serve's application builder (``import_path: bench.baseline:build_baseline`` takes no arguments)."""
     return BaselineIngress.bind(BaselineWorker.bind())
+
+
+@serve.deployment(max_ongoing_requests=32)
+class IdleDeployment:
+    """A replica that only answers: one per OrganismManager, MetricsCollector and pool."""
+
+    async def ping(self) -> bool:
+        return True
+
+
+@serve.deployment(max_ongoing_requests=256)
+class IdleIngress:
+    """Ready (HTTP 200 on any path) once every other deployment of the graph answers."""
+
+    def __init__(self, *others: DeploymentHandle) -> None:
+        self._others = others
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        for other in self._others:
+            await other.ping.remote()
+        return JSONResponse({"ready": True})
+
+
+def build_startup_floor(args: dict[str, Any]) -> Any:
+    """serveflow's graph with no serveflow code: from the same ``args`` as ``serve_config.yaml``,
+    one deployment per serveflow deployment with the same name, replica count and CPU share
+    (Coordinator, OrganismManager, MetricsCollector, one per pool). Its start-up is what Ray
+    and Serve take for that graph on this machine; serveflow's start-up above it is its own."""
+    from serve_app.runtime.config import AppConfig, pool_deployment_name
+
+    config = AppConfig.from_args(args)
+    others = [
+        IdleDeployment.options(name=pool_deployment_name(name), **pool.deployment_options()).bind()
+        for name, pool in config.pools.items()
+    ]
+    others.append(IdleDeployment.options(name="MetricsCollector", ray_actor_options={"num_cpus": config.metrics_cpus}).bind())
+    others.append(IdleDeployment.options(name="OrganismManager", ray_actor_options={"num_cpus": config.manager_cpus}).bind())
+    return IdleIngress.options(name="Coordinator", **config.coordinator.deployment_options()).bind(*others)

@@ -12,7 +12,8 @@ Measures (medians over repeats, ratios taken within this one run):
      alternating), and a fan-out of 16 sleeping steps (makespan vs critical path), vs the
      same DAG as plain Ray tasks;
   3. durable-store cost: async runs/s with SQLite vs the in-memory store;
-  4. startup of `serve run serve_config.yaml` to all deployments HEALTHY, and idle RSS.
+  4. startup of `serve run serve_config.yaml` to all deployments HEALTHY, and idle RSS,
+     alternating with the same graph of idle deployments (what Ray and Serve take alone).
 """
 
 from __future__ import annotations
@@ -109,23 +110,48 @@ class ServeRun:
 
 
 
+def startup_floor_config(path: Path) -> Path:
+    """``serve_config.yaml`` with its application swapped for ``bench.baseline:build_startup_floor``:
+    the same args, ports, gRPC servicer and proxy, the same deployments, none of serveflow's code."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    (app,) = config["applications"]
+    app["import_path"] = "bench.baseline:build_startup_floor"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def bench_startup(repeats: int) -> dict[str, Any]:
-    """`serve run serve_config.yaml` (its own local cluster) until /readyz, then idle RSS of the process tree."""
-    times, rss = [], []
+    """`serve run serve_config.yaml` (its own local cluster) until /readyz, then idle RSS of the
+    process tree; alternating with the same graph of idle deployments (Ray's and Serve's floor)."""
+    times: dict[str, list[float]] = {"serveflow": [], "floor": []}
+    rss: dict[str, list[float]] = {"serveflow": [], "floor": []}
     # As the README starts it: serveflow's default Serve profile in the environment of `serve run`.
     profile = {k: v for k, v in SERVE_PROFILES[DEFAULT_SERVE_PROFILE].items() if k not in os.environ}
-    env = {**profile, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     with tempfile.TemporaryDirectory() as tmp:
+        configs = {"serveflow": ROOT / "serve_config.yaml", "floor": startup_floor_config(Path(tmp) / "floor.yaml")}
         for i in range(repeats):
-            run = ServeRun(ROOT / "serve_config.yaml", env, Path(tmp) / f"startup-{i}.log")
-            try:
-                times.append(run.wait_ready(lambda: httpx.get("http://127.0.0.1:8000/readyz", timeout=2).status_code == 200))
-                time.sleep(10)  # idle
-                tree = [psutil.Process(run.proc.pid), *psutil.Process(run.proc.pid).children(recursive=True)]
-                rss.append(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
-            finally:
-                run.stop()
-    return {"startup_s": statistics.median(times), "startup_all_s": times, "idle_rss_mib": statistics.median(rss)}
+            for system, config in configs.items():  # alternate, so drift on the machine hits both
+                env = {**profile, "HOME": f"{tmp}/home-{system}-{i}", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+                run = ServeRun(config, env, Path(tmp) / f"startup-{system}-{i}.log")
+                try:
+                    times[system].append(
+                        run.wait_ready(lambda: httpx.get("http://127.0.0.1:8000/readyz", timeout=2).status_code == 200)
+                    )
+                    time.sleep(10)  # idle
+                    tree = [psutil.Process(run.proc.pid), *psutil.Process(run.proc.pid).children(recursive=True)]
+                    rss[system].append(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
+                finally:
+                    run.stop()
+    return {
+        "startup_s": statistics.median(times["serveflow"]),
+        "startup_all_s": times["serveflow"],
+        "idle_rss_mib": statistics.median(rss["serveflow"]),
+        "floor_startup_s": statistics.median(times["floor"]),
+        "floor_startup_all_s": times["floor"],
+        "floor_idle_rss_mib": statistics.median(rss["floor"]),
+    }
 
 
 # --------------------------------------------------------------------------- in-process cluster
@@ -423,7 +449,12 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
             "",
             f"- `serve run serve_config.yaml` (fresh local Ray cluster) to `/readyz` 200 with every pool ready: "
             f"median {s['startup_s']:.1f} s (runs: {', '.join(f'{x:.1f}' for x in s['startup_all_s'])})",
-            f"- RSS of the whole process tree (driver, Ray daemons, every replica) after 10 s idle: {s['idle_rss_mib']:.0f} MiB",
+            f"- the same graph of idle deployments (`bench.baseline:build_startup_floor`, same args, names, "
+            f"CPU shares and Serve profile; alternating starts): median {s['floor_startup_s']:.1f} s "
+            f"(runs: {', '.join(f'{x:.1f}' for x in s['floor_startup_all_s'])}); serveflow's own share "
+            f"{s['startup_s'] - s['floor_startup_s']:+.1f} s, ratio {s['startup_s'] / s['floor_startup_s']:.2f}",
+            f"- RSS of the whole process tree (driver, Ray daemons, every replica) after 10 s idle: "
+            f"{s['idle_rss_mib']:.0f} MiB (idle graph: {s['floor_idle_rss_mib']:.0f} MiB)",
         ]
     header = [
         f"### Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{' — ' + r['label'] if r['label'] else ''}",
