@@ -128,11 +128,16 @@ def bench_dags(repeats: int, stores: list[str]) -> None:
         shapes = [("chain", n, chain(n), {}) for n in (10, 100, 1000)]
         shapes += [("fan-out", w + 1, fanout(w), {}) for w in (16, 64, 256, 999)]
         shapes += [("map fan-out", n, map_spec(64), {"items": list(range(n))}) for n in (16, 256, 4096)]
+        # Repeats go round the shapes (every shape once, then again), so a slow spell on the
+        # machine lands on several shapes' samples rather than on every sample of one shape.
+        times: list[list[float]] = [[] for _ in shapes]
+        for _ in range(repeats):
+            for (_label, steps, spec, run_input), samples in zip(shapes, times, strict=True):
+                timed = max(1, min(9, 1000 // steps))  # 9 runs of 16 or 17 steps, 1 of 1,000 or 4,096
+                samples.append(asyncio.run(run_once(store, spec, run_input, None, trace=False, timed=timed))[0])
         costs: dict[str, list[float]] = {}
-        for label, steps, spec, run_input in shapes:
-            timed = max(1, min(9, 1000 // steps))  # 9 runs of 16 or 17 steps, 1 of 1,000 or 4,096
-            times = [asyncio.run(run_once(store, spec, run_input, None, trace=False, timed=timed))[0] for _ in range(repeats)]
-            costs.setdefault(label, []).append(statistics.median(times) / steps * 1000)
+        for (label, steps, _spec, _input), samples in zip(shapes, times, strict=True):
+            costs.setdefault(label, []).append(statistics.median(samples) / steps * 1000)
             print(f"{store:7s} {label:14s} {steps:6d} {costs[label][-1]:8.3f}", flush=True)
         spreads = ", ".join(f"{label} {max(c) / min(c):.2f}" for label, c in costs.items())
         print(f"{store:7s} spread (max/min per-step cost within a shape): {spreads}")
