@@ -403,7 +403,7 @@ def write_report(r: dict[str, Any], path: Path, *, quick: bool) -> None:
     lines = [
         "#### Single task (noop): serveflow vs hand-written Ray Serve, same hops",
         "",
-        "| protocol | concurrency | serveflow req/s | baseline req/s | ratio (≥0.8) | serveflow p50 ms | baseline p50 ms | p50 ratio (≤1.25) | serveflow p99 ms | baseline p99 ms |",
+        "| protocol | concurrency | serveflow req/s | baseline req/s | ratio (#15: ≥ 0.95) | serveflow p50 ms | baseline p50 ms | p50 ratio (#15: ≤ 1.05) | serveflow p99 ms | baseline p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for protocol in ("http", "grpc"):
