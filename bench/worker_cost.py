@@ -37,13 +37,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bench.ingress import wrk_binary
+from bench.ingress import MODES, TASK, TASKS_URL, WRK_SCRIPT, parse_wrk, wrk_binary
 from bench.run import ROOT, ServeRun, _machine, insert_section
-from serve_app.core.settings import DEFAULT_SERVE_PROFILE, SERVE_PROFILES
+from serve_app.core.settings import DEFAULT_SERVE_PROFILE
 
 WORKERS = ("plain", "envelope", "serveflow")
-URL = "http://127.0.0.1:8000/"
-WRK_SCRIPT = 'wrk.method = "POST"\nwrk.body = \'{"payload": {}}\'\nwrk.headers["Content-Type"] = "application/json"\n'
 CONFIG = """\
 proxy_location: HeadOnly
 http_options: {{host: 0.0.0.0, port: 8000}}
@@ -135,26 +133,26 @@ def measure(worker: str, seconds: float, tmp: Path) -> dict[str, float]:
     config, script = tmp / f"{worker}.yaml", tmp / "post.lua"
     config.write_text(CONFIG.format(worker=worker))
     script.write_text(WRK_SCRIPT)
-    env = {"SERVEFLOW_SERVE_PROFILE": DEFAULT_SERVE_PROFILE, **SERVE_PROFILES[DEFAULT_SERVE_PROFILE]}
-    env |= {"HOME": str(tmp / f"home-{uuid.uuid4().hex[:8]}"), "RAY_AUTH_MODE": "token"}
+    # As bench.ingress runs serveflow's default profile; the ingress answers on any path.
+    env = {**MODES[DEFAULT_SERVE_PROFILE], "HOME": str(tmp / f"home-{uuid.uuid4().hex[:8]}"), "RAY_AUTH_MODE": "token"}
     run = ServeRun(config, env, tmp / f"{worker}.log")
     try:
-        run.wait_ready(lambda: httpx.post(URL, json={"payload": {}}, timeout=2).status_code == 200)
+        run.wait_ready(lambda: httpx.post(TASKS_URL, json=TASK, timeout=2).status_code == 200)
         wrk = [wrk_binary(), "-t1", "-c16", "-s", str(script)]
-        subprocess.run([*wrk, "-d5s", URL], capture_output=True, check=True)  # warm-up
+        subprocess.run([*wrk, "-d5s", TASKS_URL], capture_output=True, check=True)  # warm-up
         root = psutil.Process(run.proc.pid)
         procs = [root, *root.children(recursive=True)]
-        before, started = cpu_seconds(procs), time.monotonic()
-        out = subprocess.run([*wrk, f"-d{seconds:g}s", URL], capture_output=True, text=True, check=True).stdout
-        after, elapsed = cpu_seconds(procs), time.monotonic() - started
+        before = cpu_seconds(procs)
+        out = subprocess.run([*wrk, "--latency", f"-d{seconds:g}s", TASKS_URL], capture_output=True, text=True, check=True).stdout
+        after = cpu_seconds(procs)
     finally:
         run.stop()
-    line = next(x for x in out.splitlines() if "requests in" in x)
-    requests = int(line.split()[0])
-    if "Non-2xx" in out:
-        raise RuntimeError(f"{worker}: some answers were not 2xx:\n{out}")
+    stats = parse_wrk(out)
+    if stats["non_2xx"] or stats["socket_errors"]:
+        raise RuntimeError(f"{worker}: some requests failed:\n{out}")
+    requests = int(next(x for x in out.splitlines() if "requests in" in x).split()[0])
     per = {role: (after[role] - before[role]) * 1000 / requests for role in before}
-    return {"rps": requests / elapsed, **per, "total": sum(per.values())}
+    return {"rps": stats["rps"], **per, "total": sum(per.values())}
 
 
 def write_report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
